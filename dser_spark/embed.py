@@ -1,0 +1,95 @@
+"""Doc2Vec (gensim) embeddings of user sequences and item content, on the driver.
+
+User documents are each user's fit-scope item sequence in time order (items
+as tokens, tag = user). PV-DBOW trains item token vectors only with
+``dbow_words=1``, which is always set. Deterministic: ``workers=1`` + seed.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from gensim.models.doc2vec import Doc2Vec, TaggedDocument
+
+from dser_spark.config import EmbedConfig
+
+log = logging.getLogger("dser_spark")
+
+
+@dataclass
+class SequenceEmbedding:
+    """Vectors learned from user sequences, aligned with the given id arrays."""
+
+    user_ids: np.ndarray        # (U,)
+    user_vectors: np.ndarray    # (U, d) long-term taste: the paragraph vector
+    recent_vectors: np.ndarray  # (U, d) short-term: mean item vector of the last k items
+    item_ids: np.ndarray        # (I,)
+    item_vectors: np.ndarray    # (I, d) trained item token vectors (zeros if unseen)
+    item_out_vectors: np.ndarray  # (I, d) output vectors (syn1neg; zeros if unseen)
+
+
+def train_sequence_model(user_ids: np.ndarray, sequences: list[np.ndarray], cfg: EmbedConfig,
+                         seed: int) -> Doc2Vec:
+    """Fit Doc2Vec on the users' time-ordered item sequences."""
+    docs = [TaggedDocument([str(i) for i in seq], [str(u)]) for u, seq in zip(user_ids, sequences)]
+    log.info("embed: Doc2Vec over %d user sequences", len(docs))
+    return Doc2Vec(docs, vector_size=cfg.vector_size, window=cfg.window, min_count=cfg.min_count,
+                   negative=cfg.negative, hs=0, dm=cfg.dm, dbow_words=1, epochs=cfg.epochs,
+                   workers=1, seed=seed, sample=0)
+
+
+def recent_vectors(model: Doc2Vec, sequences: list[np.ndarray], k: int) -> np.ndarray:
+    """Mean trained item vector of each user's last ``k`` known items."""
+    out = np.zeros((len(sequences), model.vector_size), dtype=np.float32)
+    for row, seq in enumerate(sequences):
+        keys = [str(i) for i in seq[::-1] if str(i) in model.wv.key_to_index][:k]
+        if keys:
+            out[row] = model.wv[keys].mean(axis=0)
+    return out
+
+
+def embed_sequences(user_ids: np.ndarray, sequences: list[np.ndarray], item_ids: np.ndarray,
+                    cfg: EmbedConfig, recent_k: int, seed: int) -> SequenceEmbedding:
+    """All sequence-derived vectors for the given users and item universe."""
+    model = train_sequence_model(user_ids, sequences, cfg, seed)
+    d = model.vector_size
+    item_vec = np.zeros((len(item_ids), d), dtype=np.float32)
+    item_out = np.zeros((len(item_ids), d), dtype=np.float32)
+    for row, item in enumerate(item_ids):
+        idx = model.wv.key_to_index.get(str(item))
+        if idx is not None:
+            item_vec[row] = model.wv.vectors[idx]
+            item_out[row] = model.syn1neg[idx]
+    user_vec = np.stack([model.dv[str(u)] for u in user_ids]).astype(np.float32) if len(user_ids) \
+        else np.zeros((0, d), np.float32)
+    return SequenceEmbedding(user_ids=np.asarray(user_ids), user_vectors=user_vec,
+                             recent_vectors=recent_vectors(model, sequences, recent_k),
+                             item_ids=np.asarray(item_ids), item_vectors=item_vec,
+                             item_out_vectors=item_out)
+
+
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def content_tokens(item: pd.Series) -> list[str]:
+    """Tokens of one item's content document: title words and prefixed metadata."""
+    tokens = _WORD.findall(str(item.get("title") or "").lower())
+    for field, prefix in (("genres", "g:"), ("keywords", "k:"), ("cast", "c:"), ("directors", "d:")):
+        values = item.get(field)
+        if values is not None:
+            tokens += [prefix + str(v).lower().replace(" ", "_") for v in values]
+    tokens += _WORD.findall(str(item.get("overview") or "").lower())
+    return tokens or ["<empty>"]
+
+
+def embed_content(items: pd.DataFrame, cfg: EmbedConfig, seed: int) -> np.ndarray:
+    """Doc2Vec vectors of item content documents, aligned with ``items`` rows."""
+    docs = [TaggedDocument(content_tokens(row), [str(row["item_id"])]) for _, row in items.iterrows()]
+    log.info("embed: Doc2Vec over %d item content documents", len(docs))
+    model = Doc2Vec(docs, vector_size=cfg.content_vector_size, window=cfg.window, min_count=1,
+                    negative=cfg.negative, hs=0, dm=0, dbow_words=1, epochs=cfg.content_epochs,
+                    workers=1, seed=seed, sample=0)
+    return np.stack([model.dv[str(i)] for i in items["item_id"]]).astype(np.float32)
