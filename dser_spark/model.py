@@ -50,7 +50,8 @@ class DSER(nn.Module):
         for a, b in zip(sizes[:-1], sizes[1:]):
             tower += [nn.Linear(a, b), nn.ReLU()]
         self.tower = nn.Sequential(*tower)
-        self.out = nn.Linear((cfg.gmf_dim if cfg.use_gmf else 0) + (sizes[-1] if cfg.use_mlp else 0), 1)
+        fused = (cfg.gmf_dim if cfg.use_gmf else 0) + (sizes[-1] if cfg.use_mlp else 0)
+        self.out = nn.Linear(max(fused, 1), 1)  # recency-only models keep just the bias
         self.recency_weight = nn.Parameter(torch.tensor(float(cfg.recency_init)))
 
     # -- per-side parts (computed once per user / once per item when scoring) --
@@ -74,7 +75,7 @@ class DSER(nn.Module):
         gu, hu, ru = self.user_part(u)
         gi, hi, oi = self.item_part(i)
         w_gmf, w_mlp = self._fusion_weights()
-        logit = self.out.bias.expand(u.shape[0])
+        logit = self.out.bias.repeat(u.shape[0])
         if self.cfg.use_gmf:
             logit = logit + (gu * gi) @ w_gmf
         if self.cfg.use_mlp:
@@ -91,7 +92,7 @@ class DSER(nn.Module):
         gu, hu, ru = users
         gi, hi, oi = items
         w_gmf, w_mlp = self._fusion_weights()
-        logit = self.out.bias.expand(gu.shape[0], gi.shape[0])
+        logit = self.out.bias.repeat(gu.shape[0], gi.shape[0])
         if self.cfg.use_gmf:
             logit = logit + (gu * w_gmf) @ gi.T
         if self.cfg.use_mlp:

@@ -7,6 +7,7 @@ Artifacts: ``model.safetensors`` (state dict, incl. the frozen Doc2Vec inputs),
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -90,7 +91,9 @@ def save_artifacts(trained: Trained, cfg: Config, directory: Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()},
               str(directory / "model.safetensors"))
-    (directory / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    settings = cfg.to_dict()
+    settings["model"] = dataclasses.asdict(trained.model.cfg)  # the model as built
+    (directory / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
     pd.DataFrame({"user_id": trained.user_ids.astype(np.int32),
                   "idx": np.arange(len(trained.user_ids), dtype=np.int32)}).to_parquet(directory / "user_index.parquet")
     pd.DataFrame({"item_id": trained.item_ids.astype(np.int32),

@@ -1,0 +1,52 @@
+"""Atomic table writes, partition publishing, validation and retention."""
+import pytest
+from pyspark.sql import functions as F
+
+from dser_spark import tables
+
+
+def _df(spark, n, tag):
+    return spark.range(n).withColumn("tag", F.lit(tag))
+
+
+def test_write_table_replaces_and_registers(spark, make_config):
+    cfg = make_config()
+    tables.write_table(spark, cfg, _df(spark, 3, "a"), "things")
+    tables.write_table(spark, cfg, _df(spark, 5, "b"), "things")
+    got = tables.read_table(spark, cfg, "things")
+    assert got.count() == 5 and {r.tag for r in got.collect()} == {"b"}
+    assert spark.sql("SELECT count(*) AS n FROM dser.things").first().n == 5
+
+
+def test_failed_write_leaves_the_previous_table(spark, make_config):
+    cfg = make_config()
+    tables.write_table(spark, cfg, _df(spark, 3, "good"), "things")
+    boom = spark.range(10).withColumn("tag", F.when(F.col("id") == 7, F.raise_error(F.lit("killed mid-write")))
+                                      .otherwise(F.lit("bad")))
+    with pytest.raises(Exception, match="killed mid-write"):
+        tables.write_table(spark, cfg, boom, "things")
+    got = tables.read_table(spark, cfg, "things").collect()
+    assert len(got) == 3 and {r.tag for r in got} == {"good"}
+
+
+def test_missing_table_error_names_it(spark, make_config):
+    with pytest.raises(FileNotFoundError, match="'nothing'"):
+        tables.read_table(spark, make_config(), "nothing")
+
+
+def test_publish_validates_retains_and_replaces_same_dt(spark, make_config):
+    cfg = make_config("publish.retain=2")
+    for day, n in (("2026-01-01", 1), ("2026-01-02", 2), ("2026-01-03", 3)):
+        tables.publish_partition(spark, cfg, _df(spark, n, day), "recs", day)
+    assert tables.partitions(spark, cfg, "recs") == ["2026-01-02", "2026-01-03"]
+    tables.publish_partition(spark, cfg, _df(spark, 7, "again"), "recs", "2026-01-03")
+    rows = spark.sql("SELECT dt, count(*) AS n FROM dser.recs GROUP BY dt ORDER BY dt").collect()
+    assert [(str(r.dt), r.n) for r in rows] == [("2026-01-02", 2), ("2026-01-03", 7)]
+
+    def reject(df):
+        raise ValueError("staged partition is wrong")
+
+    with pytest.raises(ValueError, match="staged partition is wrong"):
+        tables.publish_partition(spark, cfg, _df(spark, 99, "bad"), "recs", "2026-01-03", [reject])
+    again = spark.read.parquet(tables.table_uri(cfg, "recs")).groupBy("dt").count().orderBy("dt").collect()
+    assert [r["count"] for r in again] == [2, 7]
