@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     from dser_spark import pipeline
     from dser_spark.prepare import DataError
     from dser_spark.session import build_session
+    from dser_spark.tables import ValidationError
 
     spark = build_session(cfg)
     try:
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             result = pipeline.run_stage(spark, cfg, args.stage, args.dt)
             print(f"{args.stage} done: {result if not hasattr(result, 'to_string') else result.to_string()}")
-    except (DataError, FileNotFoundError, ValueError) as exc:
+    except (DataError, FileNotFoundError, ValidationError) as exc:
         print(f"dser-spark: {args.stage} failed: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -37,17 +37,24 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
     return float(gains.mean())
 
 
+PAD = -1  # item id filling short candidate rows (users who touched nearly every item)
+
+
 def candidate_matrix(candidates: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(user_ids, items) with the held-out item in column 0 and its negatives after."""
-    items = np.array([[t, *negs] for t, negs in zip(candidates["item_id"], candidates["negatives"])],
-                     dtype=np.int64)
+    """(user_ids, items): held-out item in column 0, its negatives after, PAD-filled."""
+    rows = [[t, *negs] for t, negs in zip(candidates["item_id"], candidates["negatives"])]
+    width = max((len(r) for r in rows), default=1)
+    items = np.full((len(rows), width), PAD, dtype=np.int64)
+    for r, row in enumerate(rows):
+        items[r, :len(row)] = row
     return candidates["user_id"].to_numpy(np.int64), items
 
 
 def sampled_metrics(scorer: Scorer, candidates: pd.DataFrame, ks: list[int]) -> dict[tuple[str, int], float]:
     """{(metric, k): value} for HR and NDCG on the sampled protocol."""
     users, items = candidate_matrix(candidates)
-    ranks = target_ranks(scorer(users, items))
+    scores = np.where(items == PAD, -np.inf, scorer(users, items))
+    ranks = target_ranks(scores)
     out = {}
     for k in ks:
         out[("HR", k)] = hit_ratio(ranks, k)

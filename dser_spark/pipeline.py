@@ -227,13 +227,13 @@ def check_recommendations(df: DataFrame, interactions: DataFrame | None, n_users
                          F.sum(F.when((F.col("n") != F.col("max_rank")) | (F.col("ranks") != F.col("n"))
                                       | (F.col("n") > k), 1).otherwise(0)).alias("bad")).first()
     if stats["users"] != n_users:
-        raise ValueError(f"recommendations cover {stats['users']} users, expected {n_users}")
+        raise tables.ValidationError(f"recommendations cover {stats['users']} users, expected {n_users}")
     if stats["bad"]:
-        raise ValueError(f"{stats['bad']} users have non-contiguous or too many ranks")
+        raise tables.ValidationError(f"{stats['bad']} users have non-contiguous or too many ranks")
     if interactions is not None:
         seen = df.join(interactions.select("user_id", "item_id"), ["user_id", "item_id"]).limit(1).count()
         if seen:
-            raise ValueError("recommendations contain items the user already interacted with")
+            raise tables.ValidationError("recommendations contain items the user already interacted with")
 
 
 # ---------------------------------------------------------------- nightly

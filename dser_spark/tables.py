@@ -17,6 +17,10 @@ from dser_spark.config import Config
 log = logging.getLogger("dser_spark")
 
 
+class ValidationError(ValueError):
+    """A staged output failed its checks and was not published."""
+
+
 def root_uri(cfg: Config) -> str:
     """Absolute URI of the warehouse root (local paths become file: URIs)."""
     root = cfg.warehouse.root.rstrip("/")

@@ -32,3 +32,10 @@ def test_sampled_metrics_with_item_popularity():
     assert got[("HR", 1)] == 0.0
     assert got[("HR", 2)] == 0.5
     assert got[("NDCG", 2)] == pytest.approx(0.5 * math.log(2) / math.log(3))
+
+
+def test_short_candidate_rows_are_padded_not_credited():
+    counts = pd.Series({1: 5, 2: 4, 3: 3})
+    candidates = pd.DataFrame({"user_id": [1, 2], "item_id": [3, 1], "negatives": [[1], [2, 3]]})
+    got = sampled_metrics(popularity_scorer(counts), candidates, [1])
+    assert got[("HR", 1)] == 0.5  # user 1's item 3 loses to item 1; user 2's item 1 wins
