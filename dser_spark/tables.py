@@ -1,20 +1,32 @@
 """Warehouse tables: Parquet directories under ``warehouse.root``, swapped in whole.
 
-Every write goes to a staging directory first and is renamed into place only
-when complete, so a failed or killed run never leaves a half-written table.
-Each table is also registered in the Spark catalog database (``dser``).
+Every write goes to a staging directory (``<root>/_staging``, outside every
+table) and is renamed into place only when complete and validated, so a failed
+or killed run never leaves a half-written table or partition, and path-based
+readers (Spark, DuckDB, pyarrow) never see staged files. Replacing an existing
+directory takes two renames (old one aside into ``<root>/_trash``, new one in);
+a run killed between them is undone by the next swap of the same path.
+
+Each table is also registered in the Spark catalog database (``dser``):
+created once, re-created only when its schema or location changes, and for
+partitioned tables each partition is added or dropped on its own, so the
+catalog never goes through a moment without the table.
 """
 from __future__ import annotations
 
 import logging
+import re
 import uuid
-from typing import Iterable
+from typing import Callable, Iterable
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
 
 from dser_spark.config import Config
 
 log = logging.getLogger("dser_spark")
+
+PARTITION = "dt"
 
 
 class ValidationError(ValueError):
@@ -34,6 +46,11 @@ def root_uri(cfg: Config) -> str:
 def table_uri(cfg: Config, name: str) -> str:
     """Location of table ``name`` under the warehouse root."""
     return f"{root_uri(cfg)}/{name}"
+
+
+def partition_uri(cfg: Config, name: str, dt: str) -> str:
+    """Location of partition ``dt`` of table ``name``."""
+    return f"{table_uri(cfg, name)}/{PARTITION}={dt}"
 
 
 class _FS:
@@ -68,15 +85,48 @@ def filesystem(spark: SparkSession, cfg: Config) -> _FS:
     return _FS(spark, root_uri(cfg))
 
 
+def _staging_root(cfg: Config) -> str:
+    return f"{root_uri(cfg)}/_staging"
+
+
 def staging_uri(cfg: Config, name: str) -> str:
     """A fresh staging location for one write of ``name``."""
-    return f"{root_uri(cfg)}/_staging/{name}-{uuid.uuid4().hex[:12]}"
+    return f"{_staging_root(cfg)}/{name}-{uuid.uuid4().hex[:12]}"
+
+
+def _clear_staging(fs: _FS, cfg: Config, name: str) -> None:
+    """Remove staging leftovers of earlier killed writes of ``name``."""
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{12}$")
+    for entry in fs.list_dirs(_staging_root(cfg)):
+        if pattern.match(entry):
+            fs.delete(f"{_staging_root(cfg)}/{entry}")
+
+
+def _trash_dir(cfg: Config, final: str) -> str:
+    """Where the previous version of ``final`` waits during a swap."""
+    return f"{root_uri(cfg)}/_trash/{final[len(root_uri(cfg)) + 1:]}"
+
+
+def restore_interrupted(fs: _FS, cfg: Config, final: str) -> None:
+    """Undo swaps of ``final`` (or of its partitions) killed between their two renames.
+
+    The previous version waits in the trash: put it back where the new one never arrived.
+    """
+    trash = _trash_dir(cfg, final)
+    for entry in fs.list_dirs(trash):
+        if entry.startswith(f"{PARTITION}="):
+            restore_interrupted(fs, cfg, f"{final}/{entry}")
+        elif not fs.exists(final):
+            log.warning("restoring %s from an interrupted swap", final)
+            fs.rename(f"{trash}/{entry}", final)
+    fs.delete(trash)
 
 
 def swap_in(spark: SparkSession, cfg: Config, staged: str, final: str) -> None:
-    """Replace ``final`` by the complete ``staged`` directory (rename, not copy)."""
+    """Replace ``final`` by the complete ``staged`` directory (renames, not copies)."""
     fs = filesystem(spark, cfg)
-    trash = f"{root_uri(cfg)}/_trash/{uuid.uuid4().hex[:12]}"
+    restore_interrupted(fs, cfg, final)
+    trash = f"{_trash_dir(cfg, final)}/{uuid.uuid4().hex[:12]}"
     if fs.exists(final):
         fs.rename(final, trash)
     try:
@@ -85,17 +135,33 @@ def swap_in(spark: SparkSession, cfg: Config, staged: str, final: str) -> None:
         if fs.exists(trash):
             fs.rename(trash, final)  # put the last good version back
         raise
-    if fs.exists(trash):
-        fs.delete(trash)
+    fs.delete(_trash_dir(cfg, final))
+
+
+def _stage(spark: SparkSession, cfg: Config, df: DataFrame, label: str,
+           validate: Iterable[Callable[[DataFrame], None]]) -> tuple[str, StructType]:
+    """Write ``df`` to a fresh staging directory and run ``validate`` on what was written."""
+    fs = filesystem(spark, cfg)
+    _clear_staging(fs, cfg, label)
+    staged = staging_uri(cfg, label)
+    try:
+        df.write.mode("errorifexists").parquet(staged)
+        written = spark.read.parquet(staged)
+        for check in validate:
+            check(written)
+    except BaseException:
+        fs.delete(staged)
+        raise
+    return staged, written.schema
 
 
 def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> str:
     """Write ``df`` as table ``name`` atomically and register it; returns its URI."""
-    staged = staging_uri(cfg, name)
-    df.write.mode("errorifexists").parquet(staged)
     final = table_uri(cfg, name)
+    restore_interrupted(filesystem(spark, cfg), cfg, final)
+    staged, schema = _stage(spark, cfg, df, name, ())
     swap_in(spark, cfg, staged, final)
-    register_table(spark, cfg, name)
+    register_table(spark, cfg, name, schema)
     return final
 
 
@@ -115,12 +181,38 @@ def ensure_database(spark: SparkSession, cfg: Config) -> str:
     return db
 
 
-def register_table(spark: SparkSession, cfg: Config, name: str, partitioned: bool = False) -> None:
-    """(Re)register ``name`` in the catalog database pointing at its location."""
+def _plain(uri: str) -> str:
+    """A location without its file: scheme spelling (file:/x, file:///x -> /x)."""
+    return re.sub(r"^file:/+", "/", uri.rstrip("/"))
+
+
+def _columns(schema: StructType, partitioned: bool) -> list[tuple[str, str]]:
+    cols = [(f.name, f.dataType.simpleString()) for f in schema if f.name != PARTITION]
+    return cols + ([(PARTITION, "string")] if partitioned else [])
+
+
+def _registered_as(spark: SparkSession, qualified: str, location: str, columns: list[tuple[str, str]]) -> bool:
+    """Whether the catalog already has ``qualified`` at ``location`` with these columns."""
+    if not spark.catalog.tableExists(qualified):
+        return False
+    info = {r[0]: r[1] for r in spark.sql(f"DESCRIBE TABLE EXTENDED {qualified}").collect()}
+    current = [(f.name, f.dataType.simpleString()) for f in spark.table(qualified).schema]
+    return _plain(info.get("Location") or "") == _plain(location) and current == columns
+
+
+def register_table(spark: SparkSession, cfg: Config, name: str, schema: StructType,
+                   partitioned: bool = False) -> None:
+    """Make ``db.name`` point at the table's location (created only if missing or changed)."""
     db = ensure_database(spark, cfg)
-    qualified = f"{db}.{name}"
+    qualified, location = f"{db}.{name}", table_uri(cfg, name)
+    columns = _columns(schema, partitioned)
+    if _registered_as(spark, qualified, location, columns):
+        spark.sql(f"REFRESH TABLE {qualified}")
+        return
+    ddl = ", ".join(f"`{c}` {t}" for c, t in columns)
     spark.sql(f"DROP TABLE IF EXISTS {qualified}")
-    spark.sql(f"CREATE TABLE {qualified} USING parquet LOCATION '{table_uri(cfg, name)}'")
+    spark.sql(f"CREATE TABLE {qualified} ({ddl}) USING parquet "
+              f"{f'PARTITIONED BY ({PARTITION}) ' if partitioned else ''}LOCATION '{location}'")
     if partitioned:
         spark.sql(f"MSCK REPAIR TABLE {qualified}")
 
@@ -132,42 +224,38 @@ def register_view(spark: SparkSession, cfg: Config, name: str, select_sql: str) 
 
 
 def publish_partition(spark: SparkSession, cfg: Config, df: DataFrame, name: str, dt: str,
-                      validate: "Iterable" = ()) -> str:
-    """Publish ``df`` as partition ``dt`` of table ``name``: stage, validate, swap, retain.
+                      validate: Iterable[Callable[[DataFrame], None]] = ()) -> str:
+    """Publish ``df`` as partition ``dt`` of table ``name``: stage, validate, swap, register, retain.
 
     ``validate`` holds callables taking the staged DataFrame; any exception
-    they raise aborts the publish and leaves the previous partitions untouched.
+    they raise aborts the publish and leaves every published partition as it was.
     """
-    staged = staging_uri(cfg, f"{name}-dt={dt}")
-    df.write.mode("errorifexists").parquet(staged)
-    staged_df = spark.read.parquet(staged)
-    fs = filesystem(spark, cfg)
-    try:
-        for check in validate:
-            check(staged_df)
-    except Exception:
-        fs.delete(staged)
-        raise
-    final = f"{table_uri(cfg, name)}/dt={dt}"
+    restore_interrupted(filesystem(spark, cfg), cfg, table_uri(cfg, name))
+    staged, schema = _stage(spark, cfg, df, f"{name}-{PARTITION}={dt}", validate)
+    final = partition_uri(cfg, name, dt)
     swap_in(spark, cfg, staged, final)
-    _apply_retention(fs, cfg, name)
-    register_table(spark, cfg, name, partitioned=True)
+    register_table(spark, cfg, name, schema, partitioned=True)
+    qualified = f"{cfg.warehouse.database}.{name}"
+    spark.sql(f"ALTER TABLE {qualified} ADD IF NOT EXISTS PARTITION ({PARTITION}='{dt}') LOCATION '{final}'")
+    spark.sql(f"REFRESH TABLE {qualified}")
+    _apply_retention(spark, cfg, name)
     return final
 
 
 def partitions(spark: SparkSession, cfg: Config, name: str) -> list[str]:
     """The ``dt`` values published for ``name``, oldest first."""
     dirs = filesystem(spark, cfg).list_dirs(table_uri(cfg, name))
-    return sorted(d.split("=", 1)[1] for d in dirs if d.startswith("dt="))
+    return sorted(d.split("=", 1)[1] for d in dirs if d.startswith(f"{PARTITION}="))
 
 
-def _apply_retention(fs: _FS, cfg: Config, name: str) -> None:
-    """Delete all but the newest ``publish.retain`` partitions of ``name``."""
-    base = table_uri(cfg, name)
-    dts = sorted(d for d in fs.list_dirs(base) if d.startswith("dt="))
-    for old in dts[: max(0, len(dts) - cfg.publish.retain)]:
-        log.info("retention: removing %s/%s", name, old)
-        fs.delete(f"{base}/{old}")
+def _apply_retention(spark: SparkSession, cfg: Config, name: str) -> None:
+    """Drop all but the newest ``publish.retain`` partitions: from the catalog first, then the files."""
+    fs, qualified = filesystem(spark, cfg), f"{cfg.warehouse.database}.{name}"
+    published = partitions(spark, cfg, name)
+    for old in published[: max(0, len(published) - cfg.publish.retain)]:
+        log.info("retention: removing %s %s=%s", name, PARTITION, old)
+        spark.sql(f"ALTER TABLE {qualified} DROP IF EXISTS PARTITION ({PARTITION}='{old}')")
+        fs.delete(partition_uri(cfg, name, old))
 
 
 def put_directory(spark: SparkSession, cfg: Config, local_dir: str, name: str) -> str:

@@ -16,6 +16,8 @@ def test_write_table_replaces_and_registers(spark, make_config):
     got = tables.read_table(spark, cfg, "things")
     assert got.count() == 5 and {r.tag for r in got.collect()} == {"b"}
     assert spark.sql("SELECT count(*) AS n FROM dser.things").first().n == 5
+    tables.write_table(spark, cfg, _df(spark, 2, "c").withColumn("extra", F.lit(1.5)), "things")  # new schema
+    assert spark.sql("SELECT sum(extra) AS s FROM dser.things").first().s == 3.0
 
 
 def test_failed_write_leaves_the_previous_table(spark, make_config):
@@ -41,7 +43,8 @@ def test_publish_validates_retains_and_replaces_same_dt(spark, make_config):
     assert tables.partitions(spark, cfg, "recs") == ["2026-01-02", "2026-01-03"]
     tables.publish_partition(spark, cfg, _df(spark, 7, "again"), "recs", "2026-01-03")
     rows = spark.sql("SELECT dt, count(*) AS n FROM dser.recs GROUP BY dt ORDER BY dt").collect()
-    assert [(str(r.dt), r.n) for r in rows] == [("2026-01-02", 2), ("2026-01-03", 7)]
+    assert [(r.dt, r.n) for r in rows] == [("2026-01-02", 2), ("2026-01-03", 7)]
+    assert [r[0] for r in spark.sql("SHOW PARTITIONS dser.recs").collect()] == ["dt=2026-01-02", "dt=2026-01-03"]
 
     def reject(df):
         raise ValueError("staged partition is wrong")
