@@ -1,8 +1,12 @@
-"""Evaluation on the NCF protocol: the held-out item among sampled negatives.
+"""Evaluation: the NCF sampled protocol and full ranking.
 
+Sampled (He et al. 2017): the held-out item among its sampled negatives.
 HR@K = share of users whose held-out item ranks in the top K; NDCG@K =
-ln 2 / ln(rank + 2) for a hit at 0-based ``rank``. Ties count against the
-held-out item, so a constant scorer gets no credit.
+ln 2 / ln(rank + 2) for a hit at 0-based ``rank``.
+Full ranking (Krichene and Rendle 2020): the held-out item among every item of
+the universe that is not in the user's fit history; Recall@K (one relevant
+item, so = HR@K), NDCG@K, MRR and top-10 catalogue coverage.
+In both, ties count against the held-out item, so a constant scorer gets no credit.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from dser_spark.train import Trained
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user_ids (n,), item_ids (n, m)) -> scores (n, m)
+Ranker = Callable[[np.ndarray], np.ndarray]  # user_ids (n,) -> scores (n, I) over the item universe
 
 METRICS_SCHEMA = "run_id string, model string, protocol string, metric string, k int, value double"
 
@@ -60,6 +65,109 @@ def sampled_metrics(scorer: Scorer, candidates: pd.DataFrame, ks: list[int]) -> 
         out[("HR", k)] = hit_ratio(ranks, k)
         out[("NDCG", k)] = ndcg(ranks, k)
     return out
+
+
+def full_metrics(ranker: Ranker, item_ids: np.ndarray, users: np.ndarray, targets: np.ndarray,
+                 history: list[np.ndarray], ks: list[int], block: int = 256,
+                 coverage_k: int = 10) -> dict[tuple[str, int], float]:
+    """{(metric, k): value}: Recall@K, NDCG@K, MRR (k=0) and Coverage@coverage_k.
+
+    Each user's ``targets`` item is ranked against every item of ``item_ids``
+    (sorted) except the user's ``history`` (the items the fit saw for that
+    user); ties count against the target. Coverage = share of the catalogue
+    appearing in at least one user's top ``coverage_k``.
+    """
+    n_items = len(item_ids)
+    ranks = np.full(len(users), n_items, dtype=np.int64)
+    in_top = np.zeros(n_items, dtype=bool)
+    for start in range(0, len(users), block):
+        stop = min(start + block, len(users))
+        scores = np.asarray(ranker(users[start:stop]), dtype=np.float64).copy()
+        rows = np.concatenate([np.full(len(h), r) for r, h in enumerate(history[start:stop])] or [np.empty(0, int)])
+        cols = np.searchsorted(item_ids, np.concatenate(history[start:stop] or [np.empty(0, int)]))
+        ok = cols < n_items
+        ok[ok] &= item_ids[cols[ok]] == np.concatenate(history[start:stop] or [np.empty(0, int)])[ok]
+        scores[rows[ok], cols[ok]] = -np.inf
+        t = np.searchsorted(item_ids, targets[start:stop])
+        known = (t < n_items) & (item_ids[np.minimum(t, n_items - 1)] == targets[start:stop])
+        r_idx = np.arange(stop - start)
+        target_scores = scores[r_idx, np.minimum(t, n_items - 1)]
+        scores[r_idx[known], t[known]] = -np.inf  # the target never counts against itself
+        above = (scores >= target_scores[:, None]).sum(axis=1)
+        ranks[start:stop] = np.where(known & np.isfinite(target_scores), above, n_items)
+        kk = min(coverage_k, n_items)
+        scores[r_idx[known], t[known]] = target_scores[known]
+        top = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
+        finite = np.isfinite(np.take_along_axis(scores, top, axis=1))
+        in_top[top[finite]] = True
+    out: dict[tuple[str, int], float] = {}
+    for k in ks:
+        out[("Recall", k)] = hit_ratio(ranks, k)
+        out[("NDCG", k)] = ndcg(ranks, k)
+    out[("MRR", 0)] = float(np.where(ranks < n_items, 1.0 / (ranks + 1.0), 0.0).mean()) if len(ranks) else 0.0
+    out[("Coverage", coverage_k)] = float(in_top.mean()) if n_items else 0.0
+    return out
+
+
+def model_ranker(trained: Trained, user_block: int = 64, item_block: int = 4096) -> Ranker:
+    """All-items scores of a trained DSER model through user_part / item_part / score_block."""
+    model = trained.model
+
+    def rank(users: np.ndarray) -> np.ndarray:
+        u = np.searchsorted(trained.user_ids, users)
+        known = (u < len(trained.user_ids)) & (trained.user_ids[np.minimum(u, len(trained.user_ids) - 1)] == users)
+        out = np.full((len(users), len(trained.item_ids)), -np.inf)
+        with torch.no_grad():
+            items = [model.item_part(torch.arange(s, min(s + item_block, len(trained.item_ids))))
+                     for s in range(0, len(trained.item_ids), item_block)]
+            for s in range(0, len(users), user_block):
+                rows = np.flatnonzero(known[s:s + user_block]) + s
+                if not len(rows):
+                    continue
+                parts = model.user_part(torch.from_numpy(u[rows]))
+                out[rows] = torch.cat([model.score_block(parts, ip) for ip in items], dim=1).double().numpy()
+        return out
+
+    return rank
+
+
+def dense_ranker(user_ids: np.ndarray, user_factors: np.ndarray, item_factors: np.ndarray) -> Ranker:
+    """Dot-product scores of factor matrices aligned with sorted ``user_ids`` and the item universe."""
+
+    def rank(users: np.ndarray) -> np.ndarray:
+        u = np.searchsorted(user_ids, users)
+        known = (u < len(user_ids)) & (user_ids[np.minimum(u, len(user_ids) - 1)] == users)
+        out = np.full((len(users), item_factors.shape[0]), -np.inf)
+        out[known] = user_factors[u[known]] @ item_factors.T
+        return out
+
+    return rank
+
+
+def ranker_scorer(ranker: Ranker, item_ids: np.ndarray) -> Scorer:
+    """A sampled-protocol scorer reading its candidates' columns out of all-items scores."""
+
+    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        out = np.full(items.shape, -np.inf)
+        for s in range(0, len(users), 512):
+            full = ranker(users[s:s + 512])
+            cols = np.searchsorted(item_ids, items[s:s + 512])
+            ok = (cols < len(item_ids)) & (item_ids[np.minimum(cols, len(item_ids) - 1)] == items[s:s + 512])
+            picked = np.take_along_axis(full, np.minimum(cols, len(item_ids) - 1), axis=1)
+            out[s:s + 512] = np.where(ok, picked, -np.inf)
+        return out
+
+    return score
+
+
+def popularity_ranker(counts: pd.Series, item_ids: np.ndarray) -> Ranker:
+    """ItemPop over the universe: fit-scope positives per item (0 if never seen)."""
+    row = counts.reindex(item_ids).fillna(0).to_numpy(np.float64)
+
+    def rank(users: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(row, (len(users), len(item_ids))).copy()
+
+    return rank
 
 
 def model_scorer(trained: Trained, batch: int = 4096) -> Scorer:

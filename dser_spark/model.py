@@ -1,14 +1,25 @@
-"""The DSER network (torch): GMF on ID embeddings + MLP on Doc2Vec vectors + recency.
+"""The DSER network (torch): GMF on ID embeddings + MLP on Doc2Vec vectors + taste terms.
 
-score(u, i) = w · [gmf(u, i), mlp(u, i)] + b + r · (recent_u · out_i)
+score(u, i) = w · [gmf(u, i), mlp(u, i)] + b
+              + (Σ_w a_w · recent_w(u) + a_long · long_u) · out_i + bias_i
+
+``recent_w(u)`` is the mean Doc2Vec item vector of the user's last ``k_w``
+items (short-term taste, one per recent window), ``long_u`` the user's
+paragraph vector (long-term taste) and ``out_i`` the item's Doc2Vec output
+vector (``syn1neg``). The taste weights start at ``a = recency_init`` on the
+first window and 0 elsewhere, the item bias and the fusion unit at 0, so the
+untrained model *is* the recency score, and training adds to it (a residual)
+instead of washing it out.
 
 The Doc2Vec inputs are frozen buffers, so the state dict alone holds all a
-scorer needs. Switching branches off gives the GMF, MLP and NeuMF baselines.
-The MLP's first layer is separable into a user half and an item half, which
+scorer needs. Switching parts off gives the GMF, MLP, NeuMF and recency
+baselines (``baseline_config``). The MLP's first layer is separable into a
+user half and an item half, and the taste terms are one dot product, which
 ``user_part`` / ``item_part`` / ``score_block`` use for all-pairs scoring.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -19,23 +30,53 @@ from dser_spark.config import ModelConfig
 
 @dataclass
 class Inputs:
-    """Frozen Doc2Vec inputs, rows aligned with the dense user / item indexes."""
+    """Frozen Doc2Vec inputs, rows aligned with the dense user / item indexes.
 
-    user_vectors: torch.Tensor    # (U, d)
-    recent_vectors: torch.Tensor  # (U, d)
+    ``recent_vectors`` is (U, d) for one recent window or (U, W, d) for
+    ``windows`` (W,) of them; ``windows`` defaults to a single window.
+    """
+
+    user_vectors: torch.Tensor    # (U, d) long-term: the paragraph vector
+    recent_vectors: torch.Tensor  # (U, d) or (U, W, d) short-term: mean item vector of the last k_w items
     item_vectors: torch.Tensor    # (I, d)
     item_out_vectors: torch.Tensor  # (I, d)
     content_vectors: torch.Tensor   # (I, c)
+    windows: torch.Tensor | None = None  # (W,) the recent window sizes k_w
+
+
+BUFFERS = ("user_vectors", "recent_vectors", "item_vectors", "item_out_vectors", "content_vectors", "windows")
+
+
+def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+    """(B, W, d) mean item vector of the first ``k_w`` entries of each context row.
+
+    ``context`` (B, K) holds item indexes newest first, -1 where the history
+    is shorter; a window over an empty history is the zero vector.
+    """
+    mask = (context >= 0).to(item_vectors.dtype)
+    vecs = item_vectors[context.clamp(min=0)] * mask[..., None]
+    sums, counts = vecs.cumsum(1), mask.cumsum(1).clamp(min=1.0)
+    last = (windows.clamp(max=context.shape[1]) - 1).clamp(min=0)
+    if context.shape[1] == 0:
+        return item_vectors.new_zeros((context.shape[0], len(windows), item_vectors.shape[1]))
+    return sums[:, last, :] / counts[:, last, None]
 
 
 class DSER(nn.Module):
-    """GMF + MLP + recency residual over frozen Doc2Vec inputs."""
+    """GMF + MLP + residual long/short-term taste over frozen Doc2Vec inputs."""
 
     def __init__(self, inputs: Inputs, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        for name in ("user_vectors", "recent_vectors", "item_vectors", "item_out_vectors", "content_vectors"):
-            self.register_buffer(name, getattr(inputs, name).float().contiguous())
+        recent = inputs.recent_vectors
+        if recent.dim() == 2:
+            recent = recent[:, None, :]
+        windows = inputs.windows if inputs.windows is not None else torch.zeros(recent.shape[1], dtype=torch.long)
+        for name, value in (("user_vectors", inputs.user_vectors), ("recent_vectors", recent),
+                            ("item_vectors", inputs.item_vectors), ("item_out_vectors", inputs.item_out_vectors),
+                            ("content_vectors", inputs.content_vectors)):
+            self.register_buffer(name, value.float().contiguous())
+        self.register_buffer("windows", torch.as_tensor(windows, dtype=torch.long).contiguous())
         n_users, n_items = self.user_vectors.shape[0], self.item_vectors.shape[0]
         d_user = self.user_vectors.shape[1]
         d_item = self.item_vectors.shape[1] + self.content_vectors.shape[1]
@@ -52,17 +93,52 @@ class DSER(nn.Module):
         self.tower = nn.Sequential(*tower)
         fused = (cfg.gmf_dim if cfg.use_gmf else 0) + (sizes[-1] if cfg.use_mlp else 0)
         self.out = nn.Linear(max(fused, 1), 1)  # recency-only models keep just the bias
-        self.recency_weight = nn.Parameter(torch.tensor(float(cfg.recency_init)))
+        if cfg.use_recency:  # residual: the untrained network adds nothing to the taste score
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
+        n_windows = self.recent_vectors.shape[1]
+        init = torch.zeros(n_windows)
+        init[0] = float(cfg.recency_init)
+        self.recency_weights = nn.Parameter(init)
+        self.long_term_weight = nn.Parameter(torch.tensor(0.0))
+        self.item_bias = nn.Parameter(torch.zeros(n_items))
+
+    @property
+    def recency_weight(self) -> torch.Tensor:
+        """Weight of the first (main) recent window."""
+        return self.recency_weights[0]
 
     # -- per-side parts (computed once per user / once per item when scoring) --
-    def user_part(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GMF embedding, first-MLP-layer user half, recent vector of users ``u``."""
-        return self.user_emb(u), self.mlp_user(self.user_vectors[u]), self.recent_vectors[u]
+    def taste_vector(self, u: torch.Tensor, recent: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, d) Σ_w a_w recent_w + a_long long: the user side of the taste dot product."""
+        recent = self.recent_vectors[u] if recent is None else recent
+        vec = (recent * self.recency_weights[None, :, None]).sum(1)
+        if self.cfg.use_long_term:
+            vec = vec + self.long_term_weight * self.user_vectors[u]
+        return vec
+
+    def user_part(self, u: torch.Tensor, recent: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """GMF embedding, first-MLP-layer user half, linear taste part of users ``u``.
+
+        ``recent`` (B, W, d) replaces the stored recent vectors (training on
+        the history before each position). The taste part ends with a 1 that
+        meets the item bias.
+        """
+        n = u.shape[0]
+        lin = [self.taste_vector(u, recent) if self.cfg.use_recency
+               else self.user_vectors.new_zeros((n, self.item_out_vectors.shape[1]))]
+        if self.cfg.item_bias:
+            lin.append(self.user_vectors.new_ones((n, 1)))
+        return self.user_emb(u), self.mlp_user(self.user_vectors[u]), torch.cat(lin, dim=-1)
 
     def item_part(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """GMF embedding, first-MLP-layer item half, output vector of items ``i``."""
+        """GMF embedding, first-MLP-layer item half, linear part (output vector, bias) of items ``i``."""
         feats = torch.cat([self.item_vectors[i], self.content_vectors[i]], dim=-1)
-        return self.item_emb(i), self.mlp_item(feats), self.item_out_vectors[i]
+        lin = [self.item_out_vectors[i]]
+        if self.cfg.item_bias:
+            lin.append(self.item_bias[i][..., None])
+        return self.item_emb(i), self.mlp_item(feats), torch.cat(lin, dim=-1)
 
     def _fusion_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The output unit's weights on the GMF part and on the MLP part."""
@@ -70,42 +146,58 @@ class DSER(nn.Module):
         g = self.cfg.gmf_dim if self.cfg.use_gmf else 0
         return w[:g], w[g:]
 
-    def forward(self, u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        """Logits for aligned (user, item) index pairs."""
-        gu, hu, ru = self.user_part(u)
-        gi, hi, oi = self.item_part(i)
+    def score_items(self, users: tuple[torch.Tensor, ...], items: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits (B, M) of user parts (B, ·) against per-user item parts (B, M, ·)."""
+        gu, hu, lu = users
+        gi, hi, li = items
         w_gmf, w_mlp = self._fusion_weights()
-        logit = self.out.bias.repeat(u.shape[0])
+        logit = self.out.bias + (lu[:, None, :] * li).sum(-1)
         if self.cfg.use_gmf:
-            logit = logit + (gu * gi) @ w_gmf
+            logit = logit + (gu[:, None, :] * gi) @ w_gmf
         if self.cfg.use_mlp:
-            logit = logit + self.tower(torch.relu(hu + hi)) @ w_mlp
-        if self.cfg.use_recency:
-            logit = logit + self.recency_weight * (ru * oi).sum(-1)
+            logit = logit + self.tower(torch.relu(hu[:, None, :] + hi)) @ w_mlp
         return logit
+
+    def forward(self, u: torch.Tensor, i: torch.Tensor, recent: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits for aligned (user, item) index pairs."""
+        items = tuple(p[:, None] for p in self.item_part(i))
+        return self.score_items(self.user_part(u, recent), items)[:, 0]
 
     def score_block(self, users: tuple[torch.Tensor, ...], items: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """Logits (B, N) for every pair of a user block and an item block of parts.
 
-        GMF and recency are matrix products; only the MLP tower runs per pair.
+        GMF and the taste terms are matrix products; only the MLP tower runs per pair.
         """
-        gu, hu, ru = users
-        gi, hi, oi = items
+        gu, hu, lu = users
+        gi, hi, li = items
         w_gmf, w_mlp = self._fusion_weights()
-        logit = self.out.bias.repeat(gu.shape[0], gi.shape[0])
+        logit = self.out.bias + lu @ li.T
         if self.cfg.use_gmf:
             logit = logit + (gu * w_gmf) @ gi.T
         if self.cfg.use_mlp:
             logit = logit + self.tower(torch.relu(hu[:, None, :] + hi[None, :, :])) @ w_mlp
-        if self.cfg.use_recency:
-            logit = logit + self.recency_weight * (ru @ oi.T)
         return logit
+
+
+def baseline_config(cfg: ModelConfig, name: str) -> ModelConfig:
+    """The DSER module with parts switched off: GMF, MLP, NeuMF, or Recency (untrained)."""
+    parts = {"GMF": (True, False, False), "MLP": (False, True, False), "NeuMF": (True, True, False),
+             "Recency": (False, False, True), "DSER": (cfg.use_gmf, cfg.use_mlp, cfg.use_recency)}
+    if name not in parts:
+        raise ValueError(f"unknown model variant {name!r} (known: {', '.join(parts)})")
+    gmf, mlp, rec = parts[name]
+    if name == "Recency":  # the untrained score: main window only, no long-term, no bias
+        return dataclasses.replace(cfg, use_gmf=False, use_mlp=False, use_recency=True, use_long_term=False,
+                                   item_bias=False)
+    if name != "DSER":
+        return dataclasses.replace(cfg, use_gmf=gmf, use_mlp=mlp, use_recency=rec, use_long_term=False,
+                                   item_bias=False)
+    return cfg
 
 
 def from_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> DSER:
     """Rebuild a model from its saved state dict (shapes come from the tensors)."""
-    inputs = Inputs(*(state[k] for k in ("user_vectors", "recent_vectors", "item_vectors",
-                                         "item_out_vectors", "content_vectors")))
+    inputs = Inputs(*(state[k] for k in BUFFERS))
     model = DSER(inputs, cfg)
     model.load_state_dict(state)
     return model.eval()

@@ -2,18 +2,32 @@
 
 Each epoch draws fresh negatives with the same seeded function the sequences
 stage uses for ``train_samples``, so epoch K here equals that table for K.
+With ``objective: next`` every positive is scored with the recent windows of
+the user's history *before* it (next-item training: what the model is asked
+at serving time); ``static`` uses the user's final windows for every sample.
+Losses: BCE (pointwise), BPR (each positive against each of its negatives) or
+sampled softmax (each positive against its own negatives).
+
+Early stopping on a validation callback keeps the best weights; checkpoints
+after every epoch let a killed run resume where it stopped (same result as an
+uninterrupted run: negatives and shuffles are seeded by (seed, epoch)).
 Artifacts: ``model.safetensors`` (state dict, incl. the frozen Doc2Vec inputs),
 ``config.yaml``, ``user_index.parquet`` / ``item_index.parquet``, ``history.json``.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
+import hashlib
 import json
 import logging
+import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -23,20 +37,62 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dser_spark.config import Config, ModelConfig, TrainConfig, from_dict
-from dser_spark.model import DSER, Inputs, from_state
+from dser_spark.model import DSER, Inputs, from_state, window_means
 from dser_spark.sequences import samples_for_users
 
 log = logging.getLogger("dser_spark")
 
+Validator = Callable[[DSER], float]  # validation HR@k of a model (higher is better)
+
 
 @dataclass
 class FitData:
-    """What one fit needs, in dense index space (idx = rank of the sorted id)."""
+    """What one fit needs, in dense index space (idx = rank of the sorted id).
+
+    ``user_pos`` holds each user's positives in time order. With ``windows``
+    the recent vectors are rebuilt from ``inputs.item_vectors`` and the
+    sequences (mean of the last k_w items), so training contexts and serving
+    vectors come from one function.
+    """
 
     user_ids: np.ndarray           # sorted (U,)
     item_ids: np.ndarray           # sorted (I,): the item universe
-    user_pos: list[np.ndarray]     # per user (aligned with user_ids): positive item ids
+    user_pos: list[np.ndarray]     # per user (aligned with user_ids): positive item ids, oldest first
     inputs: Inputs
+    windows: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        lengths = np.array([len(p) for p in self.user_pos], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        flat = np.concatenate(self.user_pos) if len(self.user_pos) else np.empty(0, np.int64)
+        self.flat_items = torch.from_numpy(np.searchsorted(self.item_ids, flat).astype(np.int64))
+        self.flat_user = torch.from_numpy(np.repeat(np.arange(len(self.user_pos)), lengths))
+        if self.windows:
+            self.inputs = dataclasses.replace(
+                self.inputs, windows=torch.tensor(self.windows, dtype=torch.long),
+                recent_vectors=window_means(self.inputs.item_vectors.float(), self.last_items(),
+                                            torch.tensor(self.windows)))
+
+    @property
+    def max_window(self) -> int:
+        return max(self.windows) if self.windows else 0
+
+    def context(self, positions: torch.Tensor) -> torch.Tensor:
+        """(B, K) item indexes before each flat position, newest first, -1 past the user's start."""
+        k = self.max_window
+        back = positions[:, None] - 1 - torch.arange(k)[None, :]
+        starts = torch.from_numpy(self.starts)[self.flat_user[positions]]
+        ok = back >= starts[:, None]
+        return torch.where(ok, self.flat_items[back.clamp(min=0)], torch.full_like(back, -1))
+
+    def last_items(self) -> torch.Tensor:
+        """(U, K) each user's last K item indexes, newest first (-1 pad)."""
+        ends = torch.from_numpy(self.starts + np.array([len(p) for p in self.user_pos], dtype=np.int64))
+        k = self.max_window
+        back = ends[:, None] - 1 - torch.arange(k)[None, :]
+        ok = back >= torch.from_numpy(self.starts)[:, None]
+        return torch.where(ok, self.flat_items[back.clamp(min=0)] if len(self.flat_items) else back,
+                           torch.full_like(back, -1))
 
 
 @dataclass
@@ -47,6 +103,7 @@ class Trained:
     user_ids: np.ndarray
     item_ids: np.ndarray
     history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
 
 
 def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int) -> tuple[np.ndarray, ...]:
@@ -58,32 +115,187 @@ def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int) -> tuple
     return u, i, df["label"].to_numpy(np.float32)
 
 
+def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(user_idx (N,), flat position (N,), items (N, 1 + negatives)) for one epoch.
+
+    Row n is the n-th positive (column 0) with its own fresh negatives (the
+    same draws as ``epoch_samples``); -1 fills rows of users with too few
+    eligible negatives.
+    """
+    u, i, y = epoch_samples(data, negatives, seed, epoch)
+    n_pos = len(data.flat_items)
+    items = np.full((n_pos, 1 + negatives), -1, dtype=np.int64)
+    # samples_for_users emits, user by user, the positives (in order) then their negatives
+    lengths = np.array([len(p) for p in data.user_pos], dtype=np.int64)
+    is_pos = y == 1
+    items[:, 0] = i[is_pos]
+    neg_user = u[~is_pos]
+    if negatives > 0 and len(neg_user):
+        neg_counts = np.bincount(neg_user, minlength=len(lengths))
+        neg_start = np.concatenate([[0], np.cumsum(neg_counts)[:-1]])
+        m = np.arange(len(neg_user)) - neg_start[neg_user]  # index among the user's negatives
+        j, slot = m // negatives, m % negatives               # the positive it pairs with, its column
+        items[data.starts[neg_user] + j, 1 + slot] = i[~is_pos]
+    users = data.flat_user
+    return users, torch.arange(n_pos), torch.from_numpy(items)
+
+
+def group_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
+    """Loss of (B, 1 + n) logits whose column 0 is the positive; ``valid`` masks padding."""
+    if kind == "bce":
+        target = torch.zeros_like(logits)
+        target[:, 0] = 1.0
+        per = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        return (per * valid).sum() / valid.sum()
+    if kind == "bpr":
+        diff = logits[:, :1] - logits[:, 1:]
+        per = -torch.nn.functional.logsigmoid(diff)
+        mask = valid[:, 1:]
+        return (per * mask).sum() / mask.sum().clamp(min=1.0)
+    if kind == "softmax":
+        masked = logits.masked_fill(valid == 0, float("-inf"))
+        return torch.nn.functional.cross_entropy(masked, torch.zeros(len(logits), dtype=torch.long))
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+def _fingerprint(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int) -> str:
+    """What a checkpoint must match to be resumed: settings and data shape."""
+    settings = {k: v for k, v in dataclasses.asdict(train_cfg).items() if k not in ("show_progress", "checkpoint_dir")}
+    blob = json.dumps([dataclasses.asdict(model_cfg), settings, seed, len(data.user_ids), len(data.item_ids),
+                       int(len(data.flat_items)), int(data.flat_items.sum()), list(data.windows),
+                       float(data.inputs.item_out_vectors.double().sum())], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class Checkpoint:
+    """Per-epoch training state in a local directory (safetensors + json; optimizer via torch.save)."""
+
+    def __init__(self, directory: str | Path | None, fingerprint: str):
+        self.dir = Path(directory) if directory else None
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        if self.dir is None or not (self.dir / "progress.json").is_file():
+            return None
+        progress = json.loads((self.dir / "progress.json").read_text())
+        if progress.get("fingerprint") != self.fingerprint:
+            log.info("checkpoint %s is for other settings: starting afresh", self.dir)
+            return None
+        progress["model"] = load_file(str(self.dir / "model.safetensors"))
+        progress["best"] = load_file(str(self.dir / "best.safetensors"))
+        progress["optim"] = torch.load(self.dir / "optim.pt", weights_only=True)
+        return progress
+
+    def save(self, model: DSER, best: dict, opt: torch.optim.Optimizer, progress: dict) -> None:
+        if self.dir is None:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=self.dir, prefix=".tmp-"))
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.contiguous() for k, v in best.items()}, str(tmp / "best.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optim.pt")
+        (tmp / "progress.json").write_text(json.dumps({**progress, "fingerprint": self.fingerprint}))
+        for name in ("model.safetensors", "best.safetensors", "optim.pt", "progress.json"):  # json last
+            os.replace(tmp / name, self.dir / name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def clear(self) -> None:
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            try:  # the run's directory too, once its last fit is done
+                self.dir.parent.rmdir()
+            except OSError:
+                pass
+
+
 def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
-        label: str = "train") -> Trained:
-    """Train DSER with BCE on positives + uniform negatives, Adam, fixed epochs."""
+        label: str = "train", validate: Validator | None = None, epochs: int | None = None,
+        checkpoint_dir: str | Path | None = None) -> Trained:
+    """Train DSER with Adam on positives + fresh negatives per epoch.
+
+    With ``validate`` the metric is computed before training and after each
+    epoch; training stops after ``train.patience`` epochs without a gain and
+    the best weights (possibly the untrained ones: epoch 0) are kept.
+    ``epochs`` overrides ``train_cfg.epochs`` (a refit for the chosen count).
+    """
+    if train_cfg.threads:
+        torch.set_num_threads(train_cfg.threads)
     torch.manual_seed(seed)
     model = DSER(data.inputs, model_cfg)
+    n_epochs = train_cfg.epochs if epochs is None else epochs
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
-    loss_fn = torch.nn.BCEWithLogitsLoss()
-    history = []
-    for epoch in range(train_cfg.epochs):
-        u, i, y = (torch.from_numpy(a) for a in epoch_samples(data, train_cfg.negatives, seed, epoch))
-        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+    next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
+    ckpt = Checkpoint(checkpoint_dir, _fingerprint(data, model_cfg, train_cfg, seed) + f"-{n_epochs}")
+    history: list[dict] = []
+    best_state = copy.deepcopy(model.state_dict())
+    best_metric, best_epoch, bad, first = float("-inf"), 0, 0, 0
+    resumed = ckpt.load()
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        opt.load_state_dict(resumed["optim"])
+        best_state, history = resumed["best"], resumed["history"]
+        best_metric, best_epoch, bad, first = (resumed["best_metric"], resumed["best_epoch"], resumed["bad"],
+                                              resumed["epoch"])
+        log.info("%s: resumed from checkpoint after epoch %d", label, first)
+    elif validate is not None:
+        best_metric = validate(model.eval())
+        history.append({"epoch": 0, "loss": None, "samples": 0, "val_hr": best_metric, "seconds": 0.0})
+        log.info("%s epoch 0 (untrained): validation HR %.4f", label, best_metric)
+    stopped = validate is not None and train_cfg.patience and bad >= train_cfg.patience
+    for epoch in range(first, 0 if stopped else n_epochs):
+        started = time.time()
+        users, positions, items = epoch_groups(data, train_cfg.negatives, seed, epoch)
+        order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         model.train()
-        total, batches = 0.0, range(0, len(y), train_cfg.batch_size)
-        bar = tqdm(batches, desc=f"{label} epoch {epoch + 1}/{train_cfg.epochs}", unit="batch",
+        total, batches = 0.0, range(0, len(users), train_cfg.batch_size)
+        bar = tqdm(batches, desc=f"{label} epoch {epoch + 1}/{n_epochs}", unit="batch",
                    disable=not train_cfg.show_progress, leave=False)
-        for start in bar:
+        for step, start in enumerate(bar):
             idx = order[start:start + train_cfg.batch_size]
-            loss = loss_fn(model(u[idx], i[idx]), y[idx])
+            u, cand = users[idx], items[idx]
+            recent = (window_means(model.item_vectors, data.context(positions[idx]), model.windows)
+                      if next_item else None)
+            logits = model.score_items(model.user_part(u, recent), model.item_part(cand.clamp(min=0)))
+            loss = group_loss(logits, (cand >= 0).float(), train_cfg.loss)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total += loss.item() * len(idx)
-        history.append({"epoch": epoch + 1, "loss": total / max(len(y), 1), "samples": int(len(y))})
-        log.info("%s epoch %d/%d: loss %.4f", label, epoch + 1, train_cfg.epochs, history[-1]["loss"])
-    return Trained(model.eval(), data.user_ids, data.item_ids, history)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total / (start + len(idx)):.4f}",
+                                val_hr=f"{best_metric:.4f}" if validate else "-")
+        entry = {"epoch": epoch + 1, "loss": total / max(len(users), 1), "samples": int(items.ge(0).sum()),
+                 "seconds": time.time() - started}
+        model.eval()
+        if validate is not None:
+            entry["val_hr"] = validate(model)
+            if entry["val_hr"] > best_metric:
+                best_metric, best_epoch, bad = entry["val_hr"], epoch + 1, 0
+                best_state = copy.deepcopy(model.state_dict())
+            else:
+                bad += 1
+        else:
+            best_epoch, best_state = epoch + 1, None
+        history.append(entry)
+        log.info("%s epoch %d/%d: loss %.4f%s (%.0fs)", label, epoch + 1, n_epochs, entry["loss"],
+                 f", validation HR {entry['val_hr']:.4f}" if "val_hr" in entry else "", entry["seconds"])
+        ckpt.save(model, best_state if best_state is not None else model.state_dict(), opt,
+                  {"epoch": epoch + 1, "history": history, "best_metric": best_metric,
+                   "best_epoch": best_epoch, "bad": bad})
+        if validate is not None and train_cfg.patience and bad >= train_cfg.patience:
+            log.info("%s: early stop after epoch %d (best epoch %d, HR %.4f)", label, epoch + 1, best_epoch,
+                     best_metric)
+            break
+    if validate is not None:
+        model.load_state_dict(best_state)
+        for entry in history:
+            entry["best"] = entry["epoch"] == best_epoch
+    else:
+        best_epoch = history[-1]["epoch"] if history else 0
+    ckpt.clear()
+    return Trained(model.eval(), data.user_ids, data.item_ids, history, best_epoch)
 
 
 def save_artifacts(trained: Trained, cfg: Config, directory: Path) -> None:
@@ -108,7 +320,16 @@ def load_artifacts(directory: Path) -> Trained:
     user_ids = pd.read_parquet(directory / "user_index.parquet")["user_id"].to_numpy()
     item_ids = pd.read_parquet(directory / "item_index.parquet")["item_id"].to_numpy()
     history = json.loads((directory / "history.json").read_text())
-    return Trained(from_state(state, cfg.model), user_ids, item_ids, history)
+    return Trained(from_state(state, cfg.model), user_ids, item_ids, history, chosen_epochs(history))
+
+
+def chosen_epochs(history: list[dict]) -> int | None:
+    """Epochs a stored model was trained for: its refit's, else its best (validated) epoch."""
+    refit = [h for h in history if h.get("phase") == "refit"]
+    if refit or any(h.get("phase") == "select" for h in history):
+        return len(refit)
+    best = [h["epoch"] for h in history if h.get("best")]
+    return best[0] if best else (history[-1]["epoch"] if history else 0)
 
 
 def model_bytes(directory: Path) -> dict[str, bytes]:

@@ -1,0 +1,46 @@
+"""Non-neural baselines: Spark MLlib ALS (implicit), tuned on the validation item.
+
+The neural baselines (GMF, MLP, NeuMF) and the untrained recency score are the
+DSER module itself with parts switched off (see ``model.baseline_config``);
+ItemPop lives in ``evaluate``. Only ALS needs its own fitting code, and it is
+Spark's own implementation.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from pyspark.ml.recommendation import ALS
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+log = logging.getLogger("dser_spark")
+
+
+@dataclass
+class Factors:
+    """ALS factors aligned with sorted user ids and the item universe (zeros where unseen)."""
+
+    user_ids: np.ndarray
+    user_factors: np.ndarray
+    item_factors: np.ndarray
+    params: dict
+
+
+def fit_als(positives: DataFrame, item_ids: np.ndarray, rank: int, reg: float, alpha: float,
+            max_iter: int, seed: int) -> Factors:
+    """Implicit-feedback ALS on (user_id, item_id) positives (confidence 1 + alpha)."""
+    data = positives.select("user_id", "item_id").distinct().withColumn("rating", F.lit(1.0))
+    als = ALS(rank=rank, regParam=reg, alpha=alpha, maxIter=max_iter, implicitPrefs=True, seed=seed,
+              userCol="user_id", itemCol="item_id", ratingCol="rating", coldStartStrategy="drop",
+              nonnegative=False)
+    model = als.fit(data)
+    users = model.userFactors.toPandas().sort_values("id")
+    items = model.itemFactors.toPandas().set_index("id")
+    item_f = np.zeros((len(item_ids), rank), dtype=np.float64)
+    pos = items.index.get_indexer(item_ids)
+    item_f[pos >= 0] = np.stack(items["features"].to_numpy()[pos[pos >= 0]])
+    user_f = np.stack(users["features"].to_numpy()) if len(users) else np.zeros((0, rank))
+    return Factors(users["id"].to_numpy(np.int64), user_f, item_f,
+                   {"rank": rank, "reg": reg, "alpha": alpha, "max_iter": max_iter})

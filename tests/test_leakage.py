@@ -1,0 +1,96 @@
+"""No test interaction reaches Doc2Vec, embeddings, recency windows or negative exclusion sets.
+
+Every user's test item (and validation item) is an item nobody else touched,
+so any trace of it in a fit is a leak that cannot hide behind other users.
+"""
+import csv
+import datetime as dt
+
+import numpy as np
+import pytest
+import torch
+
+from dser_spark import pipeline, tables
+from dser_spark.model import window_means
+from dser_spark.train import epoch_groups
+
+DT = "2026-11-25"
+N_USERS = 12
+
+
+@pytest.fixture(scope="module")
+def warehouse(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("leak")
+    raw = root / "raw"
+    raw.mkdir()
+    rng = np.random.default_rng(1)
+    with open(raw / "movies.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["movieId", "title", "genres"])
+        w.writerows([(m, f"Movie {m} (2001)", "Drama") for m in list(range(1, 31)) + list(range(100, 100 + N_USERS))
+                     + list(range(200, 200 + N_USERS))])
+    start = int(dt.datetime(2015, 1, 1).timestamp())
+    with open(raw / "ratings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["userId", "movieId", "rating", "timestamp"])
+        for u in range(1, N_USERS + 1):
+            items = list(rng.choice(np.arange(1, 31), size=10, replace=False)) + [200 + u - 1, 100 + u - 1]
+            for j, m in enumerate(items):  # ... then the validation-only item, then the test-only item
+                w.writerow([u, int(m), 4.0, start + 3600 * (j + 24 * u)])
+    from dser_spark.config import load_config
+    cfg = load_config(None, [f"data.path={raw}", "data.format=ml-latest", f"warehouse.root={root / 'wh'}",
+                             "embed.epochs=3", "embed.content_epochs=2", "train.epochs=1", "train.show_progress=false",
+                             "recent.windows=[1, 2]", "evaluate.baselines=[ItemPop]", "publish.refit_all=true"])
+    for stage in ("prepare", "sequences", "embed", "train"):
+        pipeline.run_stage(spark, cfg, stage, DT)
+    return cfg
+
+
+def _held(scope):
+    """Items each user's fit of ``scope`` must not see."""
+    test = {u: 100 + u - 1 for u in range(1, N_USERS + 1)}
+    val = {u: 200 + u - 1 for u in range(1, N_USERS + 1)}
+    return {pipeline.SELECT: [test, val], pipeline.EVAL: [test]}[scope]
+
+
+@pytest.mark.parametrize("scope", [pipeline.SELECT, pipeline.EVAL])
+def test_held_out_items_never_reach_a_fit(spark, warehouse, scope):
+    cfg = warehouse
+    data = pipeline.fit_data(spark, cfg, scope)
+    held = set().union(*(set(h.values()) for h in _held(scope)))
+    held_idx = torch.from_numpy(np.searchsorted(data.item_ids, sorted(held)))
+    assert np.isin(sorted(held), data.item_ids).all()  # they are in the universe ...
+    for pos in data.user_pos:                          # ... but in no user's fit positives
+        assert not set(pos.tolist()) & held
+    # Doc2Vec never saw them: no trained token vector, no output vector
+    assert torch.count_nonzero(data.inputs.item_vectors[held_idx]) == 0
+    assert torch.count_nonzero(data.inputs.item_out_vectors[held_idx]) == 0
+    # recency windows are built from the fit history only
+    assert not set(data.last_items().flatten().tolist()) & set(held_idx.tolist())
+    expected = window_means(data.inputs.item_vectors, data.last_items(), torch.tensor([3, 1, 2]))
+    assert torch.allclose(data.inputs.recent_vectors, expected)
+    # the stored model of this scope holds the same inputs
+    trained, _ = pipeline.load_model(spark, cfg, DT, scope)
+    assert torch.count_nonzero(trained.model.item_out_vectors[held_idx]) == 0
+    assert torch.allclose(trained.model.recent_vectors, expected)
+    # negatives exclude only the fit positives: a user's own held-out item is drawn as a negative
+    drawn = {u: set() for u in range(len(data.user_ids))}
+    for epoch in range(5):
+        users, _, items = epoch_groups(data, cfg.train.negatives, cfg.seed, epoch)
+        for u, row in zip(users.tolist(), items[:, 1:].tolist()):
+            drawn[u].update(row)
+    own = [int(np.searchsorted(data.item_ids, _held(scope)[0][int(uid)])) in drawn[r]
+           for r, uid in enumerate(data.user_ids)]
+    assert sum(own) >= len(own) - 2
+
+
+def test_user_vectors_of_the_eval_fit_ignore_the_test_item(spark, warehouse):
+    """Doc2Vec per scope is trained on that scope's sequences: the eval scope's user documents end
+    with the validation item, the serve scope's with the test item."""
+    cfg = warehouse
+    seqs = tables.read_table(spark, cfg, "splits").toPandas()
+    for scope, allowed in ((pipeline.SELECT, {"train"}), (pipeline.EVAL, {"train", "validation"}),
+                           (pipeline.SERVE, {"train", "validation", "test"})):
+        pos = pipeline.fit_positives(tables.read_table(spark, cfg, "splits"), scope).toPandas()
+        assert set(pos["split"]) == allowed
+    assert len(seqs[seqs.split == "test"]) == N_USERS
