@@ -82,13 +82,20 @@ class EmbedConfig:
     dm: int = 0  # 0 = PV-DBOW (with trained word vectors), 1 = PV-DM
     content_vector_size: int = 32
     content_epochs: int = 20
+    workers: int = 1  # gensim threads; 1 is deterministic (required for reproducible runs)
 
 
 @dataclass
 class RecentConfig:
-    """Short-term taste: the user's last k items."""
+    """Short-term taste: the user's last k items (the main window), plus extra windows.
+
+    The model's recent windows are ``[k] + windows``: each is the mean Doc2Vec
+    item vector of the user's last k_w items with a learned weight (k's starts
+    at ``model.recency_init``, the others at 0).
+    """
 
     k: int = 3
+    windows: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
 
 
 @dataclass
@@ -101,35 +108,65 @@ class ModelConfig:
     use_mlp: bool = True
     use_recency: bool = True
     recency_init: float = 1.0
+    use_long_term: bool = True   # learned weight × paragraph vector · output vector (starts at 0)
+    item_bias: bool = True       # learned per-item bias (starts at 0)
 
 
 @dataclass
 class TrainConfig:
     """Training loop settings; negatives are drawn fresh per epoch."""
 
-    epochs: int = 5
+    epochs: int = 5              # maximum epochs of the selection fit (early stopping picks the best)
     negatives: int = 4
     batch_size: int = 1024
     lr: float = 0.002
     weight_decay: float = 0.0
     epoch: int = 0  # which epoch's train_samples the sequences stage writes
     show_progress: bool = True
+    loss: Literal["bce", "bpr", "softmax"] = "bce"  # bpr / softmax: each positive against its own negatives
+    # next: each positive is scored with the recent windows of the history before it (next-item);
+    # static: every positive uses the user's final windows (as at serving time)
+    objective: Literal["next", "static"] = "next"
+    patience: int = 2            # epochs without validation HR@k gain before stopping (0 = never stop early)
+    select_epochs: bool = True   # fit on train, pick the epoch on validation, refit on train+validation
+    checkpoint_dir: str = ""     # local directory for resumable checkpoints ("" = system temp dir)
+    threads: int = 0             # torch intra-op threads (0 = torch's default; 1 is robust on a busy machine)
 
 
 @dataclass
 class EvaluateConfig:
-    """Metric cut-offs."""
+    """Metric cut-offs, protocols and baselines."""
 
     k: int = 10
+    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
+    full_ranking: bool = True
+    coverage_k: int = 10
+    # ItemPop, Recency (untrained), ALS (Spark MLlib implicit), GMF, MLP, NeuMF
+    baselines: list[str] = field(default_factory=lambda: ["ItemPop", "Recency", "ALS"])
+    als_ranks: list[int] = field(default_factory=lambda: [64])
+    als_regs: list[float] = field(default_factory=lambda: [0.1])
+    als_alpha: float = 1.0
+    als_iter: int = 10
+    baseline_epochs: int = 20    # maximum epochs of the GMF / MLP / NeuMF selection fits (early stopping)
+    report: bool = True
 
 
 @dataclass
 class RecommendConfig:
-    """Top-K serving."""
+    """Top-K serving: who, over which items, and how the scoring is blocked."""
 
     k: int = 10
-    user_block: int = 256
-    exclude_seen: bool = True
+    users: str = "all"            # all users in interactions, a warehouse table name, or a Parquet path/URI
+    user_ids: list[int] = field(default_factory=list)  # or an explicit list (wins over users)
+    items: str = "all"            # candidate items: all the model knows, a table name, or a Parquet path/URI
+    item_ids: list[int] = field(default_factory=list)  # or an explicit list (wins over items)
+    exclude_seen: bool = True     # false keeps re-watchable items the user already interacted with
+    scoring: Literal["full", "dot"] = "full"  # dot: only the GMF + taste dot products (no MLP tower)
+    user_block: int = 256         # users scored together
+    item_block: int = 0           # items per logits block; 0 = as many as fit block_memory_mb
+    block_memory_mb: int = 64     # memory for one user_block x item_block block of logits
+    tower_pairs: int = 0          # (user, item) pairs per MLP-tower chunk; 0 = first layer fills the L2 cache
+    partitions: int = 0           # user partitions (Spark tasks); 0 = 2 x default parallelism
 
 
 @dataclass
@@ -229,9 +266,12 @@ _POSITIVE = {
     "split.eval_negatives", "embed.vector_size", "embed.window", "embed.epochs",
     "embed.min_count", "embed.content_vector_size", "embed.content_epochs", "recent.k",
     "model.gmf_dim", "train.batch_size", "evaluate.k", "recommend.k", "recommend.user_block",
-    "publish.retain",
+    "publish.retain", "embed.workers", "evaluate.coverage_k", "evaluate.als_iter", "evaluate.baseline_epochs",
+    "recommend.block_memory_mb",
 }
-_NON_NEGATIVE = {"split.min_interactions", "train.epochs", "train.negatives", "train.epoch",
+_NON_NEGATIVE = {"split.min_interactions", "train.epochs", "train.negatives", "train.epoch", "train.patience",
+                 "train.threads",
+                 "evaluate.als_alpha", "recommend.item_block", "recommend.tower_pairs", "recommend.partitions",
                  "embed.negative", "implicit.min_rating", "seed", "train.weight_decay"}
 
 
@@ -248,6 +288,22 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError(f"data.max_reject_fraction: must be in [0, 1], got {obj.max_reject_fraction!r}")
     if prefix == "train" and obj.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {obj.lr!r}")
+    if prefix == "recent" and any(k <= 0 for k in obj.windows):
+        raise ConfigError(f"recent.windows: must be positive sizes, got {obj.windows!r}")
+    if prefix == "evaluate":
+        known = {"ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF"}
+        bad = [b for b in obj.baselines if b not in known]
+        if bad:
+            raise ConfigError(f"evaluate.baselines: unknown {bad} (known: {', '.join(sorted(known))})")
+        if not obj.ks or any(k <= 0 for k in obj.ks):
+            raise ConfigError(f"evaluate.ks: must be a non-empty list of positive cut-offs, got {obj.ks!r}")
+        if not obj.als_ranks or any(r <= 0 for r in obj.als_ranks) or not obj.als_regs \
+                or any(r < 0 for r in obj.als_regs):
+            raise ConfigError("evaluate.als_ranks / als_regs: need positive ranks and non-negative regs")
+    if prefix == "recommend":
+        for key in ("users", "items"):
+            if not getattr(obj, key).strip():
+                raise ConfigError(f"recommend.{key}: must be 'all', a table name or a Parquet path, got ''")
     if prefix == "model":
         if not obj.mlp_layers or any(n <= 0 for n in obj.mlp_layers):
             raise ConfigError(f"model.mlp_layers: must be a non-empty list of positive sizes, got {obj.mlp_layers!r}")

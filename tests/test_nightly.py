@@ -70,7 +70,8 @@ def test_nightly_on_small_synthetic_movielens(spark, small_movielens, tmp_path, 
     from_catalog = spark.sql(f"SELECT * FROM dser.recommendations WHERE dt = '{DT}'").count()
     assert from_catalog == len(first)
     metrics = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
-    assert set(metrics.model) == {"DSER", "ItemPop"}
+    assert set(metrics.model) == {"DSER", "ItemPop", "Recency", "ALS"}  # the default evaluate.baselines
+    assert set(metrics.protocol) == {"sampled", "full"}
     # idempotent for a dt, and deterministic: a re-run gives the same table
     assert _run(*overrides) == 0
     second = _check_published(spark, cfg, 60, 5)
