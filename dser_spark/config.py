@@ -165,8 +165,8 @@ class RecommendConfig:
     user_block: int = 256         # users scored together
     item_block: int = 0           # items per logits block; 0 = as many as fit block_memory_mb
     block_memory_mb: int = 64     # memory for one user_block x item_block block of logits
-    tower_pairs: int = 0          # (user, item) pairs per MLP-tower chunk; 0 = first layer fills the L2 cache
-    partitions: int = 0           # user partitions (Spark tasks); 0 = 2 x default parallelism
+    tower_pairs: int = 0          # (user, item) pairs per MLP-tower chunk; 0 = from the CPU's L2 cache size
+    partitions: int = 0           # user partitions (Spark tasks); 0 = default parallelism (one per core)
 
 
 @dataclass

@@ -7,8 +7,8 @@ import torch
 from dser_spark.config import Config, ModelConfig
 from dser_spark.model import DSER, Inputs
 from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, Settings, block_top,
-                                  candidate_items, id_list, infer_vectors, merge_top, recommend_all,
-                                  vector_user_parts)
+                                  candidate_items, group_histories, id_list, infer_vectors, merge_top,
+                                  recommend_all, user_histories, vector_user_parts)
 from dser_spark.train import Trained, model_bytes, save_artifacts
 
 N_USERS, N_ITEMS = 9, 50
@@ -161,6 +161,20 @@ def test_cold_users_are_inferred_and_users_without_history_get_the_popular_list(
     assert popular.item_id.tolist() == expected
     assert np.allclose(popular.score, [counts[trained.item_ids == i][0] / N_USERS for i in expected])
     pd.testing.assert_frame_equal(got, serving.recommend(users, histories))
+
+
+def test_histories_stream_whole_users_across_batches():
+    rows = pd.DataFrame({"user_id": [1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5],
+                         "item_id": [7, 5, 9, 4, None, 1, 2, 3, None, 8, 6], "t": range(11)})
+    users, hist = group_histories(rows)
+    assert users.tolist() == [1, 2, 3, 4, 5]
+    assert [h.tolist() for h in hist] == [[7, 5, 9], [4], [1, 2, 3], [], [8, 6]]
+    for size in (1, 2, 3, 5, 11):
+        batches = (rows.iloc[i:i + size] for i in range(0, len(rows), size))
+        chunks = list(user_histories(batches, min_users=2))
+        assert np.concatenate([u for u, _ in chunks]).tolist() == users.tolist()
+        assert [h.tolist() for _, hs in chunks for h in hs] == [h.tolist() for h in hist]
+        assert all(len(u) >= 2 for u, _ in chunks[:-1])
 
 
 def test_recommend_all_through_spark_matches_in_process(spark, tmp_path):
