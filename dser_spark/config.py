@@ -118,6 +118,9 @@ class TrainConfig:
 
     epochs: int = 5              # maximum epochs of the selection fit (early stopping picks the best)
     negatives: int = 4
+    # uniform: every never-touched item alike; popularity: in proportion to (training count + 1) ** popularity_power
+    negative_sampling: Literal["uniform", "popularity"] = "uniform"
+    popularity_power: float = 0.75
     batch_size: int = 1024
     lr: float = 0.002
     weight_decay: float = 0.0
@@ -129,6 +132,10 @@ class TrainConfig:
     objective: Literal["next", "static"] = "next"
     patience: int = 2            # epochs without validation HR@k gain before stopping (0 = never stop early)
     select_epochs: bool = True   # fit on train, pick the epoch on validation, refit on train+validation
+    # NCF-style: fit GMF and MLP alone first and start the fused model from both (output unit
+    # [alpha * GMF's, (1 - alpha) * MLP's]); applies to models with both parts
+    pretrain: bool = False
+    pretrain_alpha: float = 0.5
     checkpoint_dir: str = ""     # local directory for resumable checkpoints ("" = system temp dir)
     threads: int = 0             # torch intra-op threads (0 = torch's default; 1 is robust on a busy machine)
 
@@ -272,7 +279,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {"split.min_interactions", "train.epochs", "train.negatives", "train.epoch", "train.patience",
                  "train.threads",
                  "evaluate.als_alpha", "recommend.item_block", "recommend.tower_pairs", "recommend.partitions",
-                 "embed.negative", "implicit.min_rating", "seed", "train.weight_decay"}
+                 "embed.negative", "implicit.min_rating", "seed", "train.weight_decay", "train.popularity_power"}
 
 
 def _validate(obj: Any, prefix: str) -> None:
@@ -288,6 +295,8 @@ def _validate(obj: Any, prefix: str) -> None:
         raise ConfigError(f"data.max_reject_fraction: must be in [0, 1], got {obj.max_reject_fraction!r}")
     if prefix == "train" and obj.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {obj.lr!r}")
+    if prefix == "train" and not 0.0 <= obj.pretrain_alpha <= 1.0:
+        raise ConfigError(f"train.pretrain_alpha: must be in [0, 1], got {obj.pretrain_alpha!r}")
     if prefix == "recent" and any(k <= 0 for k in obj.windows):
         raise ConfigError(f"recent.windows: must be positive sizes, got {obj.windows!r}")
     if prefix == "evaluate":

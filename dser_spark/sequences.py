@@ -17,7 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dser_spark.config import Config
+from dser_spark.config import Config, TrainConfig
 
 log = logging.getLogger("dser_spark")
 
@@ -110,6 +110,22 @@ def draw_negatives(rng: np.random.Generator, universe: np.ndarray, exclude: np.n
     return np.concatenate(picked)
 
 
+def popularity_weights(counts: np.ndarray, power: float) -> np.ndarray:
+    """Sampling probabilities proportional to ``(count + 1) ** power`` (every item stays possible)."""
+    w = (np.asarray(counts, dtype=np.float64) + 1.0) ** power
+    return w / w.sum()
+
+
+def negative_weights(fit_pos: DataFrame, universe: np.ndarray, train: TrainConfig) -> np.ndarray | None:
+    """``train.negative_sampling``'s weights over ``universe`` (None = uniform) from the fit positives."""
+    if train.negative_sampling == "uniform":
+        return None
+    counts = fit_pos.groupBy("item_id").count().toPandas()
+    aligned = np.zeros(len(universe), dtype=np.int64)
+    aligned[np.searchsorted(universe, counts["item_id"].to_numpy(np.int64))] = counts["count"].to_numpy()
+    return popularity_weights(aligned, train.popularity_power)
+
+
 def _user_blocks(pos: DataFrame, touched: DataFrame) -> DataFrame:
     """One row per user: positives to expand and every item to exclude."""
     pos_lists = pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))
@@ -121,8 +137,8 @@ def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray,
                   seed: int, epoch: int, weights: np.ndarray | None = None) -> DataFrame:
     """train_samples(user_id, item_id, label, epoch): positives + ``negatives`` each.
 
-    Negatives are uniform over ``universe`` minus the user's positives in
-    ``fit_pos``, seeded by (seed, epoch, user).
+    Negatives are drawn from ``universe`` minus the user's positives in
+    ``fit_pos`` (uniformly, or by ``weights``), seeded by (seed, epoch, user).
     """
     bc = spark.sparkContext.broadcast((universe, weights))
 
@@ -204,6 +220,6 @@ def build(spark: SparkSession, cfg: Config, interactions: DataFrame) -> Sequence
         splits=splits,
         eval_candidates=eval_candidates(spark, targets, interactions, universe,
                                         cfg.split.eval_negatives, cfg.seed),
-        train_samples=train_samples(spark, fit_pos, universe, cfg.train.negatives,
-                                    cfg.seed, cfg.train.epoch),
+        train_samples=train_samples(spark, fit_pos, universe, cfg.train.negatives, cfg.seed, cfg.train.epoch,
+                                    negative_weights(fit_pos, universe, cfg.train)),
     )

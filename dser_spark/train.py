@@ -37,8 +37,8 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dser_spark.config import Config, ModelConfig, TrainConfig, from_dict
-from dser_spark.model import DSER, Inputs, from_state, window_means
-from dser_spark.sequences import samples_for_users
+from dser_spark.model import DSER, Inputs, baseline_config, from_state, window_means
+from dser_spark.sequences import popularity_weights, samples_for_users
 
 log = logging.getLogger("dser_spark")
 
@@ -106,16 +106,26 @@ class Trained:
     best_epoch: int | None = None
 
 
-def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int) -> tuple[np.ndarray, ...]:
-    """(user_idx, item_idx, label) for one epoch: positives + fresh negatives."""
+def negative_weights(data: FitData, train_cfg: TrainConfig) -> np.ndarray | None:
+    """``train.negative_sampling``'s weights over ``data.item_ids`` from its positives (None = uniform);
+    the same weights as ``sequences.negative_weights`` over the same positives."""
+    if train_cfg.negative_sampling == "uniform":
+        return None
+    counts = np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids))
+    return popularity_weights(counts, train_cfg.popularity_power)
+
+
+def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int,
+                  weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
+    """(user_idx, item_idx, label) for one epoch: positives + fresh negatives (drawn by ``weights``)."""
     batch = pd.DataFrame({"user_id": data.user_ids, "pos_items": data.user_pos})
-    df = samples_for_users(batch, data.item_ids, negatives, seed, epoch)
+    df = samples_for_users(batch, data.item_ids, negatives, seed, epoch, weights)
     u = np.searchsorted(data.user_ids, df["user_id"].to_numpy())
     i = np.searchsorted(data.item_ids, df["item_id"].to_numpy())
     return u, i, df["label"].to_numpy(np.float32)
 
 
-def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int
+def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(user_idx (N,), flat position (N,), items (N, 1 + negatives)) for one epoch.
 
@@ -123,7 +133,7 @@ def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int
     same draws as ``epoch_samples``); -1 fills rows of users with too few
     eligible negatives.
     """
-    u, i, y = epoch_samples(data, negatives, seed, epoch)
+    u, i, y = epoch_samples(data, negatives, seed, epoch, weights)
     n_pos = len(data.flat_items)
     items = np.full((n_pos, 1 + negatives), -1, dtype=np.int64)
     # samples_for_users emits, user by user, the positives (in order) then their negatives
@@ -209,6 +219,33 @@ class Checkpoint:
                 pass
 
 
+def pretrained_state(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, label: str,
+                     validate: Validator | None, epochs: int | None,
+                     checkpoint_dir: str | Path | None) -> dict[str, torch.Tensor]:
+    """NCF pre-training: GMF and MLP fit alone, merged into the starting state of ``model_cfg``'s model.
+
+    The fused output unit is ``[alpha * GMF's weights, (1 - alpha) * MLP's]`` with
+    the biases mixed alike; the taste terms keep their initial values.
+    """
+    plain = dataclasses.replace(train_cfg, pretrain=False)
+    parts = {}
+    for name in ("GMF", "MLP"):
+        sub = Path(checkpoint_dir) / f"pretrain-{name}" if checkpoint_dir else None
+        parts[name] = fit(data, baseline_config(model_cfg, name), plain, seed, f"{label} pretrain {name}",
+                          validate, epochs, sub).model.state_dict()
+    torch.manual_seed(seed)
+    state = DSER(data.inputs, model_cfg).state_dict()
+    for key in state:
+        if key.startswith(("user_emb.", "item_emb.")):
+            state[key] = parts["GMF"][key].clone()
+        elif key.startswith(("mlp_user.", "mlp_item.", "tower.")):
+            state[key] = parts["MLP"][key].clone()
+    alpha = train_cfg.pretrain_alpha
+    state["out.weight"] = torch.cat([alpha * parts["GMF"]["out.weight"], (1 - alpha) * parts["MLP"]["out.weight"]], 1)
+    state["out.bias"] = alpha * parts["GMF"]["out.bias"] + (1 - alpha) * parts["MLP"]["out.bias"]
+    return state
+
+
 def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
         label: str = "train", validate: Validator | None = None, epochs: int | None = None,
         checkpoint_dir: str | Path | None = None) -> Trained:
@@ -227,6 +264,7 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
+    weights = negative_weights(data, train_cfg)
     ckpt = Checkpoint(checkpoint_dir, _fingerprint(data, model_cfg, train_cfg, seed) + f"-{n_epochs}")
     history: list[dict] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -239,14 +277,18 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         best_metric, best_epoch, bad, first = (resumed["best_metric"], resumed["best_epoch"], resumed["bad"],
                                               resumed["epoch"])
         log.info("%s: resumed from checkpoint after epoch %d", label, first)
-    elif validate is not None:
+    elif train_cfg.pretrain and model_cfg.use_gmf and model_cfg.use_mlp:
+        model.load_state_dict(pretrained_state(data, model_cfg, train_cfg, seed, label, validate, epochs,
+                                               checkpoint_dir))
+        best_state = copy.deepcopy(model.state_dict())
+    if resumed is None and validate is not None:
         best_metric = validate(model.eval())
         history.append({"epoch": 0, "loss": None, "samples": 0, "val_hr": best_metric, "seconds": 0.0})
-        log.info("%s epoch 0 (untrained): validation HR %.4f", label, best_metric)
+        log.info("%s epoch 0 (starting weights): validation HR %.4f", label, best_metric)
     stopped = validate is not None and train_cfg.patience and bad >= train_cfg.patience
     for epoch in range(first, 0 if stopped else n_epochs):
         started = time.time()
-        users, positions, items = epoch_groups(data, train_cfg.negatives, seed, epoch)
+        users, positions, items = epoch_groups(data, train_cfg.negatives, seed, epoch, weights)
         order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         model.train()
         total, batches = 0.0, range(0, len(users), train_cfg.batch_size)

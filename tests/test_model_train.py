@@ -1,4 +1,6 @@
 """The DSER module, its training loop and its artifacts."""
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,7 @@ import torch
 from dser_spark.config import ModelConfig, TrainConfig
 from dser_spark.model import DSER, Inputs, baseline_config, from_state, window_means
 from dser_spark.train import (FitData, epoch_groups, epoch_samples, fit, group_loss, load_artifacts, load_from_bytes,
-                              model_bytes, save_artifacts)
+                              model_bytes, negative_weights, pretrained_state, save_artifacts)
 from dser_spark import sequences
 
 
@@ -64,6 +66,32 @@ def test_epoch_samples_match_the_spark_train_samples_table(spark):
         table[key].astype(mine.dtypes.to_dict()).sort_values(key).reset_index(drop=True))
 
 
+def test_popularity_negatives_follow_item_counts_and_match_the_spark_table(spark):
+    data = _fit_data()
+    weights = negative_weights(data, TrainConfig(negative_sampling="popularity", popularity_power=1.0))
+    counts = np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids))
+    assert np.allclose(weights, (counts + 1) / (counts + 1).sum())
+    rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
+    fit_pos = spark.createDataFrame(rows, "user_id int, item_id int")
+    cfg = TrainConfig(negative_sampling="popularity", popularity_power=1.0)
+    assert np.allclose(sequences.negative_weights(fit_pos, data.item_ids, cfg), weights)
+    u, i, y = epoch_samples(data, 4, seed=3, epoch=1, weights=weights)
+    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epoch=1, weights=weights).toPandas()
+    mine = pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
+    key = ["user_id", "item_id", "label"]
+    assert mine.sort_values(key).reset_index(drop=True).equals(
+        table[key].astype(mine.dtypes.to_dict()).sort_values(key).reset_index(drop=True))
+    # skewed: with one item 50x as likely as the rest, it dominates the negatives of users who never saw it
+    skew = np.ones(len(data.item_ids))
+    skew[0] = 50.0
+    skew /= skew.sum()
+    u_pop, i_pop, y_pop = epoch_samples(data, 4, seed=3, epoch=1, weights=skew)
+    _, i_uni, y_uni = epoch_samples(data, 4, seed=3, epoch=1)
+    assert np.mean(i_pop[y_pop == 0] == 0) > 5 * np.mean(i_uni[y_uni == 0] == 0)
+    for user, item in zip(u_pop[y_pop == 0], i_pop[y_pop == 0]):  # never an item the user touched
+        assert data.item_ids[item] not in data.user_pos[user]
+
+
 def test_training_learns_the_taste_groups_and_is_deterministic():
     data = _fit_data()
     cfg = ModelConfig(gmf_dim=8, mlp_layers=[16, 8], use_recency=False)
@@ -77,6 +105,29 @@ def test_training_learns_the_taste_groups_and_is_deterministic():
     in_group = torch.cat([s[:15, :20].reshape(-1), s[15:, 20:].reshape(-1)]).mean()
     out_group = torch.cat([s[:15, 20:].reshape(-1), s[15:, :20].reshape(-1)]).mean()
     assert in_group > out_group + 1.0
+
+
+def test_pretraining_starts_neumf_from_its_fitted_gmf_and_mlp_halves(tmp_path):
+    data = _fit_data()
+    cfg = ModelConfig(gmf_dim=8, mlp_layers=[16, 8], use_recency=False, use_long_term=False, item_bias=False)
+    tcfg = TrainConfig(epochs=3, batch_size=64, lr=0.01, show_progress=False, pretrain=True, pretrain_alpha=0.3)
+    state = pretrained_state(data, cfg, tcfg, seed=1, label="t", validate=None, epochs=None,
+                             checkpoint_dir=tmp_path / "ck")
+    plain = dataclasses.replace(tcfg, pretrain=False)
+    gmf = fit(data, baseline_config(cfg, "GMF"), plain, seed=1).model
+    mlp = fit(data, baseline_config(cfg, "MLP"), plain, seed=1).model
+    fused = DSER(data.inputs, cfg)
+    fused.load_state_dict(state)
+    u, i = torch.arange(30).repeat_interleave(40), torch.arange(40).repeat(30)
+    with torch.no_grad():
+        expected = 0.3 * gmf(u, i) + 0.7 * mlp(u, i)
+        assert torch.allclose(fused(u, i), expected, atol=1e-5)
+    assert not (tmp_path / "ck").exists() or not any((tmp_path / "ck").iterdir())
+    # the whole fit with pretraining: deterministic, and it trains on from the merged start
+    a = fit(data, cfg, tcfg, seed=1)
+    b = fit(data, cfg, tcfg, seed=1)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert not torch.equal(a.model.out.weight, state["out.weight"])
 
 
 def test_artifacts_round_trip_without_pickle(tmp_path):
