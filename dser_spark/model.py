@@ -23,6 +23,7 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from dser_spark.config import ModelConfig
@@ -51,15 +52,20 @@ def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: tor
     """(B, W, d) mean item vector of the first ``k_w`` entries of each context row.
 
     ``context`` (B, K) holds item indexes newest first, -1 where the history
-    is shorter; a window over an empty history is the zero vector.
+    is shorter; a window over an empty history is the zero vector. The
+    windows' sums are one matrix product of a (W, K) 0/1 matrix with the
+    gathered vectors laid out (K, B * d).
     """
-    mask = (context >= 0).to(item_vectors.dtype)
-    vecs = item_vectors[context.clamp(min=0)] * mask[..., None]
-    sums, counts = vecs.cumsum(1), mask.cumsum(1).clamp(min=1.0)
-    last = (windows.clamp(max=context.shape[1]) - 1).clamp(min=0)
-    if context.shape[1] == 0:
-        return item_vectors.new_zeros((context.shape[0], len(windows), item_vectors.shape[1]))
-    return sums[:, last, :] / counts[:, last, None]
+    (n, d), (b, k) = item_vectors.shape, context.shape
+    if k == 0:
+        return item_vectors.new_zeros((b, len(windows), d))
+    take = (torch.arange(k)[None, :] < windows.clamp(max=k)[:, None]).to(item_vectors.dtype)  # (W, K)
+    ok = context >= 0
+    padded = torch.cat([item_vectors, item_vectors.new_zeros(1, d)])  # row n: the zero vector of -1
+    vecs = F.embedding(torch.where(ok, context, n).T, padded)          # (K, B, d)
+    sums = (take @ vecs.reshape(k, b * d)).view(len(windows), b, d)
+    counts = (take @ ok.T.to(item_vectors.dtype)).clamp(min=1.0)       # (W, B)
+    return (sums / counts[..., None]).transpose(0, 1).contiguous()
 
 
 class DSER(nn.Module):
@@ -134,8 +140,8 @@ class DSER(nn.Module):
 
     def item_part(self, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """GMF embedding, first-MLP-layer item half, linear part (output vector, bias) of items ``i``."""
-        feats = torch.cat([self.item_vectors[i], self.content_vectors[i]], dim=-1)
-        lin = [self.item_out_vectors[i]]
+        feats = torch.cat([F.embedding(i, self.item_vectors), F.embedding(i, self.content_vectors)], dim=-1)
+        lin = [F.embedding(i, self.item_out_vectors)]
         if self.cfg.item_bias:
             lin.append(self.item_bias[i][..., None])
         return self.item_emb(i), self.mlp_item(feats), torch.cat(lin, dim=-1)

