@@ -75,16 +75,25 @@ def user_rng(seed: int, epoch: int, user_id: int) -> np.random.Generator:
     return np.random.default_rng([seed, epoch, int(user_id)])
 
 
+def _count_in(universe: np.ndarray, values: np.ndarray) -> int:
+    """How many of the unique ``values`` are in the sorted ``universe`` (O(len(values) log len(universe)))."""
+    if not len(universe) or not len(values):
+        return 0
+    pos = np.clip(np.searchsorted(universe, values), 0, len(universe) - 1)
+    return int(np.count_nonzero(universe[pos] == values))
+
+
 def draw_negatives(rng: np.random.Generator, universe: np.ndarray, exclude: np.ndarray,
-                   count: int, distinct: bool = False, weights: np.ndarray | None = None) -> np.ndarray:
+                   count: int, distinct: bool = False, cdf: np.ndarray | None = None) -> np.ndarray:
     """``count`` items from ``universe`` not in ``exclude`` (vectorised rejection).
 
     With ``distinct`` the items are without replacement. When fewer than
     ``count`` eligible items exist, all of them are returned (never loops forever).
-    ``weights`` (aligned with ``universe``, summing to 1) give popularity sampling.
+    ``cdf`` (cumulative sampling weights aligned with ``universe``) gives
+    weighted sampling by inversion; None is uniform.
     """
     exclude = np.unique(exclude)
-    eligible_n = len(universe) - int(np.isin(universe, exclude, assume_unique=True).sum())
+    eligible_n = len(universe) - _count_in(universe, exclude)
     if eligible_n <= 0 or count <= 0:
         return np.empty(0, dtype=universe.dtype)
     if distinct and count >= eligible_n:
@@ -94,8 +103,11 @@ def draw_negatives(rng: np.random.Generator, universe: np.ndarray, exclude: np.n
     seen = exclude
     for _ in range(64):
         oversample = int(need * len(universe) / eligible_n * 1.2) + 8
-        cand = universe[rng.choice(len(universe), size=oversample, p=weights)] if weights is not None \
-            else universe[rng.integers(0, len(universe), size=oversample)]
+        if cdf is None:
+            cand = universe[rng.integers(0, len(universe), size=oversample)]
+        else:
+            picks = np.searchsorted(cdf, rng.random(oversample) * cdf[-1], side="right")
+            cand = universe[np.minimum(picks, len(universe) - 1)]
         cand = cand[~np.isin(cand, seen)]
         if distinct:
             _, first = np.unique(cand, return_index=True)
@@ -161,11 +173,12 @@ def samples_for_users(batch: pd.DataFrame, universe: np.ndarray, negatives: int,
     """
     users, items, labels = [], [], []
     has_exclude = "exclude" in batch.columns
+    cdf = None if weights is None else np.cumsum(weights)
     for row in batch.itertuples(index=False):
         pos = np.asarray(row.pos_items, dtype=np.int64)
         exclude = np.asarray(row.exclude, dtype=np.int64) if has_exclude and row.exclude is not None else pos
         neg = draw_negatives(user_rng(seed, epoch, row.user_id), universe, exclude,
-                             len(pos) * negatives, weights=weights)
+                             len(pos) * negatives, cdf=cdf)
         if len(neg) < len(pos) * negatives:
             log.warning("user %s: only %d eligible negatives", row.user_id, len(neg))
         users.append(np.full(len(pos) + len(neg), row.user_id, dtype=np.int32))
