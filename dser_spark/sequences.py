@@ -138,11 +138,7 @@ def negative_weights(fit_pos: DataFrame, universe: np.ndarray, train: TrainConfi
     return popularity_weights(aligned, train.popularity_power)
 
 
-def _user_blocks(pos: DataFrame, touched: DataFrame) -> DataFrame:
-    """One row per user: positives to expand and every item to exclude."""
-    pos_lists = pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))
-    touched_lists = touched.groupBy("user_id").agg(F.collect_set("item_id").alias("exclude"))
-    return pos_lists.join(touched_lists, "user_id", "left")
+SAMPLE_USERS_PER_SLICE = 1000  # users per output frame of train_samples (keeps Python workers small)
 
 
 def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray, negatives: int,
@@ -156,10 +152,12 @@ def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray,
 
     def expand(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
         items, w = bc.value
-        for batch in batches:
-            yield samples_for_users(batch, items, negatives, seed, epoch, w)
+        for batch in batches:  # in slices: each user yields (1 + negatives) rows per positive
+            for start in range(0, len(batch), SAMPLE_USERS_PER_SLICE):
+                yield samples_for_users(batch.iloc[start:start + SAMPLE_USERS_PER_SLICE], items, negatives, seed,
+                                        epoch, w)
 
-    blocks = _user_blocks(fit_pos, fit_pos)
+    blocks = fit_pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))  # exclude = positives
     schema = "user_id int, item_id int, label float, epoch int"
     return blocks.mapInPandas(expand, schema)
 
