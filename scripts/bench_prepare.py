@@ -98,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", nargs="+", default=[*REAL, *SYNTHETIC], choices=[*REAL, *SYNTHETIC])
     p.add_argument("--work", default=None, help="scratch directory (default: a temporary one)")
-    p.add_argument("--driver-memory", default="3g")
+    p.add_argument("--driver-memory", default="2g")
     args = p.parse_args()
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-prepare-"))
     work.mkdir(parents=True, exist_ok=True)
