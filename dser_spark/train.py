@@ -25,9 +25,10 @@ import os
 import shutil
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -149,6 +150,19 @@ def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: 
         items[data.starts[neg_user] + j, 1 + slot] = i[~is_pos]
     users = data.flat_user
     return users, torch.arange(n_pos), torch.from_numpy(items)
+
+
+def prefetched_groups(data: FitData, negatives: int, seed: int, epochs: range, weights: np.ndarray | None
+                      ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """(epoch, ``epoch_groups``) for each of ``epochs``; the next epoch's negatives are drawn in a
+    background thread while the caller trains on the current one (same draws: seeded per epoch)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="negatives") as pool:
+        upcoming = pool.submit(epoch_groups, data, negatives, seed, epochs[0], weights) if len(epochs) else None
+        for n, epoch in enumerate(epochs):
+            current = upcoming.result()
+            if n + 1 < len(epochs):
+                upcoming = pool.submit(epoch_groups, data, negatives, seed, epochs[n + 1], weights)
+            yield epoch, current
 
 
 def group_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
@@ -286,9 +300,10 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         history.append({"epoch": 0, "loss": None, "samples": 0, "val_hr": best_metric, "seconds": 0.0})
         log.info("%s epoch 0 (starting weights): validation HR %.4f", label, best_metric)
     stopped = validate is not None and train_cfg.patience and bad >= train_cfg.patience
-    for epoch in range(first, 0 if stopped else n_epochs):
+    epochs_to_run = range(first, 0 if stopped else n_epochs)
+    for epoch, (users, positions, items) in prefetched_groups(data, train_cfg.negatives, seed, epochs_to_run,
+                                                              weights):
         started = time.time()
-        users, positions, items = epoch_groups(data, train_cfg.negatives, seed, epoch, weights)
         order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         model.train()
         total, batches = 0.0, range(0, len(users), train_cfg.batch_size)
