@@ -157,7 +157,7 @@ def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray,
                 yield samples_for_users(batch.iloc[start:start + SAMPLE_USERS_PER_SLICE], items, negatives, seed,
                                         epoch, w)
 
-    blocks = fit_pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))  # exclude = positives
+    blocks = fit_pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))
     schema = "user_id int, item_id int, label float, epoch int"
     return blocks.mapInPandas(expand, schema)
 
@@ -166,16 +166,14 @@ def samples_for_users(batch: pd.DataFrame, universe: np.ndarray, negatives: int,
                       epoch: int, weights: np.ndarray | None = None) -> pd.DataFrame:
     """Positives (label 1) plus drawn negatives (label 0) for a block of users.
 
-    ``batch`` has columns user_id, pos_items (and optionally exclude, which
-    defaults to pos_items). Used by Spark and by the in-process trainer.
+    ``batch`` has columns user_id, pos_items; negatives are never one of the
+    user's positives. Used by Spark and by the in-process trainer.
     """
     users, items, labels = [], [], []
-    has_exclude = "exclude" in batch.columns
     cdf = None if weights is None else np.cumsum(weights)
     for row in batch.itertuples(index=False):
         pos = np.asarray(row.pos_items, dtype=np.int64)
-        exclude = np.asarray(row.exclude, dtype=np.int64) if has_exclude and row.exclude is not None else pos
-        neg = draw_negatives(user_rng(seed, epoch, row.user_id), universe, exclude,
+        neg = draw_negatives(user_rng(seed, epoch, row.user_id), universe, pos,
                              len(pos) * negatives, cdf=cdf)
         if len(neg) < len(pos) * negatives:
             log.warning("user %s: only %d eligible negatives", row.user_id, len(neg))
