@@ -59,9 +59,9 @@ def fit_positives(splits: DataFrame, scope: str) -> DataFrame:
 
 # ---------------------------------------------------------------- prepare
 def run_prepare(spark: SparkSession, cfg: Config, dt: str) -> dict:
-    """Raw files -> interactions, items, rejected_rows, user_ids."""
+    """Raw files -> interactions, items, rejected_rows."""
     prepared = prepare.prepare(spark, cfg.data)
-    for name in ("interactions", "items", "rejected_rows", "user_ids"):
+    for name in ("interactions", "items", "rejected_rows"):
         tables.write_table(spark, cfg, getattr(prepared, name), name)
     prepared.unpersist()
     log.info("prepare: %s", prepared.summary)

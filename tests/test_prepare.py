@@ -64,6 +64,11 @@ def items(prepared: Prepared) -> dict[int, dict]:
     return {r["item_id"]: r.asDict() for r in prepared.items.collect()}
 
 
+def user_ids_by_raw(prepared: Prepared, raw_by_ts: dict[int, str]) -> dict[str, int]:
+    """Raw user id -> ``user_id`` in interactions, matched through each rating's unique timestamp."""
+    return {raw_by_ts[ts]: user for user, _, _, ts in interactions(prepared)}
+
+
 def rejected(prepared: Prepared) -> list[tuple]:
     """(source, line, raw, reason) sorted."""
     return sorted(tuple(r) for r in prepared.rejected_rows.collect())
@@ -92,7 +97,9 @@ def test_recbole_string_ids_crlf_prefix_users(spark, tmp_path):
         (1, "Heat (1995)", "Heat", 1995, ["Action", "Crime", "Thriller"]),
         (2, "Metisse (Café au Lait) (1993)", "Metisse (Café au Lait)", 1993, ["Comedy"]),
         (3, "Toy Story (1995)", "Toy Story", 1995, ["Animation", "Children's", "Comedy"])]
-    assert sorted(tuple(r) for r in p.user_ids.collect()) == [(1, "1m_1"), (2, "1m_2"), (10, "1m_10")]
+    # users: the number after the common "1m_" prefix
+    assert user_ids_by_raw(p, {978300760: "1m_1", 978301968: "1m_2", 978302109: "1m_10"}) == {
+        "1m_1": 1, "1m_2": 2, "1m_10": 10}
     assert p.summary["ratings_read"] == 3 and p.summary["items"] == 3
     assert rejected(p) == []
     assert dict(zip(p.interactions.columns, (f.dataType.simpleString() for f in p.interactions.schema))) == {
@@ -111,7 +118,7 @@ def test_recbole_int_ids_keep_source_ids(spark, tmp_path):
         "item_id": 302, "title": "L.A. Confidential", "year": None, "genres": None, "keywords": None,
         "cast": None, "directors": None, "overview": None, "tmdb_id": None, "imdb_id": None, "raw_id": None}
     assert items(p)[302]["genres"] == ["Crime", "Film-Noir"]
-    assert sorted(tuple(r) for r in p.user_ids.collect()) == [(186, None), (196, None)]
+    assert user_ids_by_raw(p, {881250949: "196", 891717742: "186"}) == {"196": 196, "186": 186}
 
 
 def test_recbole_dense_users_without_item_file(spark, tmp_path):
@@ -120,7 +127,7 @@ def test_recbole_dense_users_without_item_file(spark, tmp_path):
     write(d, "tiny.inter", ["user_id:token\titem_id:token\trating:float\ttimestamp:float",
                             "bob\tb\t4\t10", "alice\ta\t5\t20", "u7\ta\t3\t30"])
     p = run(spark, d, "recbole")
-    assert sorted(tuple(r) for r in p.user_ids.collect()) == [(1, "alice"), (2, "bob"), (3, "u7")]
+    assert user_ids_by_raw(p, {10: "bob", 20: "alice", 30: "u7"}) == {"alice": 1, "bob": 2, "u7": 3}
     assert interactions(p) == [(1, 1, 5.0, 20), (2, 2, 4.0, 10), (3, 1, 3.0, 30)]
     assert sorted((i, v["raw_id"], v["title"]) for i, v in items(p).items()) == [
         (1, "a", None), (2, "b", None)]

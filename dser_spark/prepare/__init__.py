@@ -1,0 +1,137 @@
+"""Stage 1, prepare: raw MovieLens files -> interactions, items, rejected_rows.
+
+Ratings files (tens of millions of lines) are read as text and validated on the
+executors in Spark SQL, each line keeping its 1-based physical line number
+(``ratings``). The small catalogue files (movies, links, tags, TMDB metadata) are
+parsed on the driver (``lines``, ``catalog``), one module per source layout
+(``recbole``, ``grouplens``, ``ml_latest``, ``kaggle``); ``locate`` finds the files.
+Every bad row lands in ``rejected_rows(source, line, raw, reason)``; a file whose
+rejected fraction exceeds ``data.max_reject_fraction`` fails the stage.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from dser_spark.config import DataConfig
+from dser_spark.prepare.catalog import ITEMS_SCHEMA, Catalog, items_frame, rated_catalog
+from dser_spark.prepare.errors import DataError
+from dser_spark.prepare.grouplens import load_ml1m, load_ml100k
+from dser_spark.prepare.kaggle import load_kaggle
+from dser_spark.prepare.lines import (
+    BAD_ID, BAD_ITEM, BAD_TIMESTAMP, BAD_USER, DUPLICATE, DUPLICATE_ID, MISSING_FIELD,
+    NON_NUMERIC_RATING, RATING_RANGE, UNKNOWN_ITEM, ReadLog, bad_list, check_reject_fractions,
+    malformed,
+)
+from dser_spark.prepare.locate import detect_format, resolve_data_path
+from dser_spark.prepare.ml_latest import load_ml_latest
+from dser_spark.prepare.ratings import (
+    INTERACTIONS_SCHEMA, REJECTED_SCHEMA, Ratings, Source, read_ratings, rejected_frame,
+)
+from dser_spark.prepare.recbole import load_recbole
+
+__all__ = [
+    "BAD_ID", "BAD_ITEM", "BAD_TIMESTAMP", "BAD_USER", "DUPLICATE", "DUPLICATE_ID",
+    "INTERACTIONS_SCHEMA", "ITEMS_SCHEMA", "MISSING_FIELD", "NON_NUMERIC_RATING", "RATING_RANGE",
+    "REJECTED_SCHEMA", "UNKNOWN_ITEM", "DataError", "Prepared", "bad_list", "detect_format",
+    "malformed", "prepare", "resolve_data_path",
+]
+
+logger = logging.getLogger("dser_spark")
+
+LOADERS: dict[str, Callable[[Path, ReadLog], Source]] = {
+    "recbole": load_recbole, "ml-100k": load_ml100k, "ml-1m": load_ml1m,
+    "ml-latest": load_ml_latest, "kaggle": load_kaggle,
+}
+
+
+@dataclass
+class Prepared:
+    """The prepare stage's output; the caller writes the tables."""
+
+    interactions: DataFrame
+    items: DataFrame
+    rejected_rows: DataFrame
+    summary: dict
+    _cached: DataFrame | None = field(default=None, repr=False)
+
+    def unpersist(self) -> None:
+        """Release the cached ratings once the tables are written."""
+        if self._cached is not None:
+            self._cached.unpersist()
+
+
+def prepare(spark: SparkSession, data: DataConfig) -> Prepared:
+    """Read the raw files of ``data`` into DataFrames; fail on too many rejected rows.
+
+    The classified ratings are persisted (one pass feeds the summary and the tables);
+    call ``Prepared.unpersist()`` once the tables are written.
+    """
+    root = resolve_data_path(data.path)
+    fmt = detect_format(root) if data.format == "auto" else data.format
+    if fmt not in LOADERS:
+        raise DataError(f"data.format={fmt!r}: unknown; expected one of auto, {', '.join(LOADERS)}")
+    log = ReadLog()
+    source = LOADERS[fmt](root, log)
+    ratings = read_ratings(spark, source.ratings, source.catalog)
+    cached = ratings.classified.persist()
+    try:
+        return _finish(spark, fmt, root, source, ratings, cached, log, data.max_reject_fraction)
+    except BaseException:
+        cached.unpersist()
+        raise
+
+
+def _finish(spark: SparkSession, fmt: str, root: Path, source: Source, ratings: Ratings,
+            cached: DataFrame, log: ReadLog, max_fraction: float) -> Prepared:
+    """Count (the one full pass), build items, check reject fractions, assemble the output."""
+    name = source.ratings.path.name
+    stats = cached.groupBy("reason").agg(
+        F.count(F.lit(1)).alias("n"), F.min_by(F.struct("line", "value"), "line").alias("first")
+    ).collect()
+    read = sum(r["n"] for r in stats)
+    if read == 0:
+        raise DataError(f"{name} has no ratings: expected at least one data line")
+    log.rows[name] += read
+    log.blank += ratings.lines - read
+    for r in stats:
+        if r["reason"] is not None:
+            log.spark_rejects[r["reason"]] = r["n"]
+            log.spark_samples.append((r["first"]["line"], r["first"]["value"], r["reason"]))
+    good = cached.filter(F.col("reason").isNull())
+    catalog = source.catalog if source.catalog is not None else rated_catalog(
+        good, ratings.item_keys, source.build)
+    check_reject_fractions(log, max_fraction, name, ratings.raw)
+    summary = _summary(fmt, root, source, read, log, catalog)
+    log_line = {k: v for k, v in summary.items() if k not in ("path", "files")}
+    logger.info("prepare %s: %s", root, log_line)
+    return Prepared(
+        interactions=good.select("user_id", "item_id", "rating", "ts"),
+        items=items_frame(spark, catalog, ratings.item_keys),
+        rejected_rows=rejected_frame(spark, cached, ratings.text, name, log),
+        summary=summary, _cached=cached)
+
+
+def _summary(fmt: str, root: Path, source: Source, read: int, log: ReadLog, catalog: Catalog) -> dict:
+    """Counts reported by the stage (plain Python values)."""
+    rejected = Counter(r[3] for r in log.rejects) + Counter(log.spark_rejects)
+    by_file = log.rejects_by_file(source.ratings.path.name)
+    return {
+        "format": fmt, "path": str(root), "files": sorted(log.rows),
+        "ratings_read": read,
+        "interactions": read - sum(log.spark_rejects.values()),
+        "items": len(catalog.items),
+        "items_without_metadata": sum(1 for v in catalog.items.values() if v["title"] is None),
+        "duplicates_replaced": log.spark_rejects.get(DUPLICATE, 0),
+        "rejected_total": sum(rejected.values()),
+        "rejected": dict(sorted(rejected.items())),
+        "rejected_by_file": {k: v for k, v in sorted(by_file.items()) if v},
+        "rows_read": dict(sorted(log.rows.items())),
+        "blank_lines": log.blank,
+    }
