@@ -13,7 +13,6 @@ the test item). Prints a table; last line
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from dser_spark import pipeline, tables  # noqa: E402
 from dser_spark.config import load_config  # noqa: E402
+from dser_spark.logs import setup_logging  # noqa: E402
 from dser_spark.session import build_session  # noqa: E402
 
 DT = "2026-01-01"
@@ -44,9 +44,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/dser-bench-budget"))
     ap.add_argument("--set", dest="extra", action="append", default=[], help="extra config override")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "pyspark", "gensim", "smart_open"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     root = args.workdir / "ml-1m"
     cfg = load_config(ROOT / "conf" / "ml-1m.yaml", [
         f"warehouse.root={root}", f"warehouse.metastore={root / 'metastore_db'}", "publish.refit_all=false",

@@ -13,17 +13,14 @@ Last line: RESULT ratings_25m_s=... rss_25m_gib=... scale_25m_vs_5m=...
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
 SYNTHETIC = {"synthetic-1m": (6_000, 4_000, 1_000_000), "synthetic-5m": (32_000, 12_000, 5_000_000),
              "synthetic-25m": (162_000, 62_000, 25_000_000)}
 REAL = {"ml-100k": ("builtin:ml-100k", 100_000), "ml-1m": ("builtin:ml-1m", 1_000_209)}
@@ -66,11 +63,10 @@ def run_measured(cmd: list[str], log_path: Path) -> tuple[float, int]:
 
 
 def _make_synthetic(case: str, out: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_synthetic", HERE / "make_synthetic.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    from dser_spark.synthetic import generate
+
     users, items, ratings = SYNTHETIC[case]
-    mod.generate(out, users, items, ratings, seed=0, progress=False)
+    generate(out, users, items, ratings, seed=0, progress=False)
 
 
 def bench_case(case: str, work: Path, driver_memory: str) -> dict:

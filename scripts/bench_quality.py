@@ -48,12 +48,10 @@ def run_one(config: Path, sets: list[str], out: Path, first: str = "prepare") ->
     """One seed, in this process: the stages ``first`` .. evaluate, timings to ``out``."""
     from dser_spark import pipeline
     from dser_spark.config import load_config
+    from dser_spark.logs import setup_logging
     from dser_spark.session import build_session
 
-    import logging
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("py4j", "pyspark", "gensim", "smart_open"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     cfg = load_config(config, sets)
     spark = build_session(cfg)
     dt, timings = "2026-01-01", {}

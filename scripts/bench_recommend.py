@@ -123,11 +123,11 @@ def ml1m_interactions(spark, cfg: Config):
 
 
 def synthetic_interactions(spark, root: Path, users: int, items: int, ratings: int):
-    """MovieLens-shaped interactions from scripts/make_synthetic.py, written once as Parquet."""
+    """MovieLens-shaped interactions from dser_spark.synthetic, written once as Parquet."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from make_synthetic import iter_rating_blocks
+    from dser_spark.synthetic import iter_rating_blocks
 
     path = root / "interactions.parquet"
     if not path.exists():

@@ -1,7 +1,7 @@
-"""scripts/make_synthetic.py: shape, validity and determinism (small)."""
+"""dser_spark.synthetic and scripts/make_synthetic.py: shape, validity and
+determinism (small)."""
 import csv
 import hashlib
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from dser_spark import synthetic as ms
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "make_synthetic.py"
 USERS, ITEMS, RATINGS = 200, 100, 5000
 FILES = ("ratings.csv", "movies.csv", "links.csv", "tags.csv")
@@ -17,16 +19,6 @@ GENRES = {"Action", "Adventure", "Animation", "Children", "Comedy", "Crime",
           "Documentary", "Drama", "Fantasy", "Film-Noir", "Horror", "IMAX",
           "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War",
           "Western"}
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("make_synthetic", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ms = _load()
 
 
 def _digest(d: Path) -> dict:
@@ -169,6 +161,23 @@ def test_worker_count_does_not_change_bytes(tmp_path):
                      progress=False)
     assert ia["ratings"] == ib["ratings"] == 6 * users
     assert _digest(a) == _digest(b)
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_start_method_does_not_change_blocks(method):
+    # fork is the default (above); the package's worker also runs under the
+    # start methods that import it afresh and pickle the world.
+    import multiprocessing as mp
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    w = ms.build_world(ms.BLOCK_USERS + 100, 200, 6 * (ms.BLOCK_USERS + 100),
+                       seed=5)
+    serial = list(ms._iter_blocks(w, 1))
+    parallel = list(ms._iter_blocks(w, 2, method))
+    assert len(serial) == len(parallel) == 2
+    for a, b in zip(serial, parallel):
+        assert a.keys() == b.keys()
+        assert all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_rejects_impossible_sizes(tmp_path):
