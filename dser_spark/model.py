@@ -15,7 +15,7 @@ The Doc2Vec inputs are frozen buffers, so the state dict alone holds all a
 scorer needs. Switching parts off gives the GMF, MLP, NeuMF and recency
 baselines (``baseline_config``). The MLP's first layer is separable into a
 user half and an item half, and the taste terms are one dot product, which
-``user_part`` / ``item_part`` / ``score_block`` use for all-pairs scoring.
+``user_part`` / ``item_part`` expose for all-pairs scoring (``scoring.Kernel``).
 """
 from __future__ import annotations
 
@@ -34,11 +34,12 @@ class Inputs:
     """Frozen Doc2Vec inputs, rows aligned with the dense user / item indexes.
 
     ``recent_vectors`` is (U, d) for one recent window or (U, W, d) for
-    ``windows`` (W,) of them; ``windows`` defaults to a single window.
+    ``windows`` (W,) of them; ``windows`` defaults to a single window. It is a
+    function of each user's history: ``train.FitData`` computes it (None until then).
     """
 
     user_vectors: torch.Tensor    # (U, d) long-term: the paragraph vector
-    recent_vectors: torch.Tensor  # (U, d) or (U, W, d) short-term: mean item vector of the last k_w items
+    recent_vectors: torch.Tensor | None  # (U, d) or (U, W, d) short-term: mean item vector of the last k_w items
     item_vectors: torch.Tensor    # (I, d)
     item_out_vectors: torch.Tensor  # (I, d)
     content_vectors: torch.Tensor   # (I, c)
@@ -75,6 +76,8 @@ class DSER(nn.Module):
         super().__init__()
         self.cfg = cfg
         recent = inputs.recent_vectors
+        if recent is None:
+            raise ValueError("Inputs.recent_vectors is not computed yet (build the inputs through FitData)")
         if recent.dim() == 2:
             recent = recent[:, None, :]
         windows = inputs.windows if inputs.windows is not None else torch.zeros(recent.shape[1], dtype=torch.long)
@@ -108,11 +111,6 @@ class DSER(nn.Module):
         self.recency_weights = nn.Parameter(init)
         self.long_term_weight = nn.Parameter(torch.tensor(0.0))
         self.item_bias = nn.Parameter(torch.zeros(n_items))
-
-    @property
-    def recency_weight(self) -> torch.Tensor:
-        """Weight of the first (main) recent window."""
-        return self.recency_weights[0]
 
     # -- per-side parts (computed once per user / once per item when scoring) --
     def taste_vector(self, u: torch.Tensor, recent: torch.Tensor | None = None) -> torch.Tensor:
@@ -168,21 +166,6 @@ class DSER(nn.Module):
         """Logits for aligned (user, item) index pairs."""
         items = tuple(p[:, None] for p in self.item_part(i))
         return self.score_items(self.user_part(u, recent), items)[:, 0]
-
-    def score_block(self, users: tuple[torch.Tensor, ...], items: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """Logits (B, N) for every pair of a user block and an item block of parts.
-
-        GMF and the taste terms are matrix products; only the MLP tower runs per pair.
-        """
-        gu, hu, lu = users
-        gi, hi, li = items
-        w_gmf, w_mlp = self._fusion_weights()
-        logit = self.out.bias + lu @ li.T
-        if self.cfg.use_gmf:
-            logit = logit + (gu * w_gmf) @ gi.T
-        if self.cfg.use_mlp:
-            logit = logit + self.tower(torch.relu(hu[:, None, :] + hi[None, :, :])) @ w_mlp
-        return logit
 
 
 def baseline_config(cfg: ModelConfig, name: str) -> ModelConfig:

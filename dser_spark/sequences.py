@@ -1,10 +1,11 @@
-"""Implicit feedback, time-ordered sequences, leave-latest-out split and negatives.
+"""Implicit feedback, leave-latest-out split, time-ordered sequences, evaluation candidates.
 
 All Spark work runs on executors (window functions and collect_list +
 mapInPandas over user blocks); nothing collects interactions to the driver.
-Negative sampling is one numpy function, seeded per (seed, epoch, user), so
-the same rows come out whatever the partitioning, and the trainer can call it
-in-process for fresh negatives each epoch.
+A fit sees one *scope* of each user's positives: ``select`` (train only, the
+choices are made on the validation item), ``eval`` (train + validation,
+scored once on test) or ``serve`` (everything). The held-out items are each
+user's latest, so a scope is a prefix of the user's time-ordered sequence.
 """
 from __future__ import annotations
 
@@ -17,22 +18,25 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dser_spark.config import Config, TrainConfig
+from dser_spark.config import Config
+from dser_spark.negatives import draw_negatives, negative_weights, samples_for_users, user_rng
 
 log = logging.getLogger("dser_spark")
 
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
+SELECT, EVAL, SERVE = "select", "eval", "serve"
+SCOPE_SPLITS = {SELECT: (TRAIN,), EVAL: (TRAIN, VALIDATION), SERVE: (TRAIN, VALIDATION, TEST)}
 EVAL_SALT = 1_000_003  # keeps evaluation draws independent of training epochs
 
 
 @dataclass
 class SequenceTables:
-    """Output of the sequences stage."""
+    """Output of the sequences stage (``train_samples`` only when asked for)."""
 
     sequences: DataFrame
     splits: DataFrame
     eval_candidates: DataFrame
-    train_samples: DataFrame
+    train_samples: DataFrame | None
 
 
 def positives(interactions: DataFrame, min_rating: float) -> DataFrame:
@@ -42,13 +46,38 @@ def positives(interactions: DataFrame, min_rating: float) -> DataFrame:
     return interactions.filter(F.col("rating") >= F.lit(min_rating))
 
 
-def build_sequences(pos: DataFrame) -> DataFrame:
-    """sequences(user_id, item_ids, ts): each user's positives in time order (ties by item)."""
-    ordered = F.array_sort(F.collect_list(F.struct("ts", "item_id")))
-    return (pos.groupBy("user_id").agg(ordered.alias("events"))
+def build_sequences(splits: DataFrame) -> DataFrame:
+    """sequences(user_id, item_ids, ts, has_validation, has_test): each user's positives in time
+    order (ties by item), and whether its latest ones are held out (test last, validation before it)."""
+    ordered = F.array_sort(F.collect_list(F.struct("ts", "item_id", "split")))
+    return (splits.groupBy("user_id").agg(ordered.alias("events"))
             .select("user_id",
                     F.col("events.item_id").alias("item_ids"),
-                    F.col("events.ts").alias("ts")))
+                    F.col("events.ts").alias("ts"),
+                    F.array_contains("events.split", VALIDATION).alias("has_validation"),
+                    F.array_contains("events.split", TEST).alias("has_test")))
+
+
+def scope_positives(splits: DataFrame, scope: str) -> DataFrame:
+    """The rows of ``splits`` a fit of ``scope`` may see."""
+    return splits.filter(F.col("split").isin(*SCOPE_SPLITS[scope]))
+
+
+def scope_sequences(sequences: pd.DataFrame, scope: str) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(sorted user ids, each user's items in time order) of one scope, from collected ``sequences``.
+
+    The held-out items are the latest: a scope drops the last one (test) or two
+    (validation, test) items of each user's sequence.
+    """
+    rows = sequences.sort_values("user_id")
+    held = np.zeros(len(rows), dtype=np.int64)
+    if scope in (SELECT, EVAL):
+        held += rows["has_test"].to_numpy(bool)
+    if scope == SELECT:
+        held += rows["has_validation"].to_numpy(bool)
+    seqs = [np.asarray(s, dtype=np.int64)[:len(s) - h] for s, h in zip(rows["item_ids"], held)]
+    keep = np.array([len(s) > 0 for s in seqs], dtype=bool)
+    return rows["user_id"].to_numpy(np.int64)[keep], [s for s, k in zip(seqs, keep) if k]
 
 
 def split_latest(pos: DataFrame, validation: bool, min_interactions: int) -> DataFrame:
@@ -70,83 +99,16 @@ def split_latest(pos: DataFrame, validation: bool, min_interactions: int) -> Dat
     return ranked.withColumn("split", split).drop("_rn", "_n")
 
 
-def user_rng(seed: int, epoch: int, user_id: int) -> np.random.Generator:
-    """The random stream of one user for one epoch (independent of partitioning)."""
-    return np.random.default_rng([seed, epoch, int(user_id)])
-
-
-def _count_in(universe: np.ndarray, values: np.ndarray) -> int:
-    """How many of the unique ``values`` are in the sorted ``universe`` (O(len(values) log len(universe)))."""
-    if not len(universe) or not len(values):
-        return 0
-    pos = np.clip(np.searchsorted(universe, values), 0, len(universe) - 1)
-    return int(np.count_nonzero(universe[pos] == values))
-
-
-def draw_negatives(rng: np.random.Generator, universe: np.ndarray, exclude: np.ndarray,
-                   count: int, distinct: bool = False, cdf: np.ndarray | None = None) -> np.ndarray:
-    """``count`` items from ``universe`` not in ``exclude`` (vectorised rejection).
-
-    With ``distinct`` the items are without replacement. When fewer than
-    ``count`` eligible items exist, all of them are returned (never loops forever).
-    ``cdf`` (cumulative sampling weights aligned with ``universe``) gives
-    weighted sampling by inversion; None is uniform.
-    """
-    exclude = np.unique(exclude)
-    eligible_n = len(universe) - _count_in(universe, exclude)
-    if eligible_n <= 0 or count <= 0:
-        return np.empty(0, dtype=universe.dtype)
-    if distinct and count >= eligible_n:
-        return universe[~np.isin(universe, exclude, assume_unique=True)]
-    picked: list[np.ndarray] = []
-    need = count
-    seen = exclude
-    for _ in range(64):
-        oversample = int(need * len(universe) / eligible_n * 1.2) + 8
-        if cdf is None:
-            cand = universe[rng.integers(0, len(universe), size=oversample)]
-        else:
-            picks = np.searchsorted(cdf, rng.random(oversample) * cdf[-1], side="right")
-            cand = universe[np.minimum(picks, len(universe) - 1)]
-        cand = cand[~np.isin(cand, seen)]
-        if distinct:
-            _, first = np.unique(cand, return_index=True)
-            cand = cand[np.sort(first)]
-        cand = cand[:need]
-        picked.append(cand)
-        need -= len(cand)
-        if distinct:
-            seen = np.union1d(seen, cand)
-        if need == 0:
-            break
-    return np.concatenate(picked)
-
-
-def popularity_weights(counts: np.ndarray, power: float) -> np.ndarray:
-    """Sampling probabilities proportional to ``(count + 1) ** power`` (every item stays possible)."""
-    w = (np.asarray(counts, dtype=np.float64) + 1.0) ** power
-    return w / w.sum()
-
-
-def negative_weights(fit_pos: DataFrame, universe: np.ndarray, train: TrainConfig) -> np.ndarray | None:
-    """``train.negative_sampling``'s weights over ``universe`` (None = uniform) from the fit positives."""
-    if train.negative_sampling == "uniform":
-        return None
-    counts = fit_pos.groupBy("item_id").count().toPandas()
-    aligned = np.zeros(len(universe), dtype=np.int64)
-    aligned[np.searchsorted(universe, counts["item_id"].to_numpy(np.int64))] = counts["count"].to_numpy()
-    return popularity_weights(aligned, train.popularity_power)
-
-
 SAMPLE_USERS_PER_SLICE = 1000  # users per output frame of train_samples (keeps Python workers small)
 
 
 def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray, negatives: int,
-                  seed: int, epoch: int, weights: np.ndarray | None = None) -> DataFrame:
-    """train_samples(user_id, item_id, label, epoch): positives + ``negatives`` each.
+                  seed: int, epochs: list[int], weights: np.ndarray | None = None) -> DataFrame:
+    """train_samples(user_id, item_id, label, epoch): positives + ``negatives`` each, per epoch of ``epochs``.
 
     Negatives are drawn from ``universe`` minus the user's positives in
-    ``fit_pos`` (uniformly, or by ``weights``), seeded by (seed, epoch, user).
+    ``fit_pos`` (uniformly, or by ``weights``), seeded by (seed, epoch, user):
+    the draws the trainer makes in-process for the same epoch.
     """
     bc = spark.sparkContext.broadcast((universe, weights))
 
@@ -154,38 +116,13 @@ def train_samples(spark: SparkSession, fit_pos: DataFrame, universe: np.ndarray,
         items, w = bc.value
         for batch in batches:  # in slices: each user yields (1 + negatives) rows per positive
             for start in range(0, len(batch), SAMPLE_USERS_PER_SLICE):
-                yield samples_for_users(batch.iloc[start:start + SAMPLE_USERS_PER_SLICE], items, negatives, seed,
-                                        epoch, w)
+                for epoch in epochs:
+                    yield samples_for_users(batch.iloc[start:start + SAMPLE_USERS_PER_SLICE], items, negatives,
+                                            seed, epoch, w)
 
     blocks = fit_pos.groupBy("user_id").agg(F.collect_list("item_id").alias("pos_items"))
     schema = "user_id int, item_id int, label float, epoch int"
     return blocks.mapInPandas(expand, schema)
-
-
-def samples_for_users(batch: pd.DataFrame, universe: np.ndarray, negatives: int, seed: int,
-                      epoch: int, weights: np.ndarray | None = None) -> pd.DataFrame:
-    """Positives (label 1) plus drawn negatives (label 0) for a block of users.
-
-    ``batch`` has columns user_id, pos_items; negatives are never one of the
-    user's positives. Used by Spark and by the in-process trainer.
-    """
-    users, items, labels = [], [], []
-    cdf = None if weights is None else np.cumsum(weights)
-    for row in batch.itertuples(index=False):
-        pos = np.asarray(row.pos_items, dtype=np.int64)
-        neg = draw_negatives(user_rng(seed, epoch, row.user_id), universe, pos,
-                             len(pos) * negatives, cdf=cdf)
-        if len(neg) < len(pos) * negatives:
-            log.warning("user %s: only %d eligible negatives", row.user_id, len(neg))
-        users.append(np.full(len(pos) + len(neg), row.user_id, dtype=np.int32))
-        items.append(np.concatenate([pos, neg]).astype(np.int32))
-        labels.append(np.concatenate([np.ones(len(pos), np.float32), np.zeros(len(neg), np.float32)]))
-    if not users:
-        return pd.DataFrame({"user_id": pd.Series([], dtype="int32"), "item_id": pd.Series([], dtype="int32"),
-                             "label": pd.Series([], dtype="float32"), "epoch": pd.Series([], dtype="int32")})
-    n = sum(len(u) for u in users)
-    return pd.DataFrame({"user_id": np.concatenate(users), "item_id": np.concatenate(items),
-                         "label": np.concatenate(labels), "epoch": np.full(n, epoch, dtype=np.int32)})
 
 
 def eval_candidates(spark: SparkSession, targets: DataFrame, interactions: DataFrame,
@@ -211,6 +148,14 @@ def eval_candidates(spark: SparkSession, targets: DataFrame, interactions: DataF
     return rows.mapInPandas(draw, "user_id int, item_id int, split string, negatives array<int>")
 
 
+def item_counts(positives: DataFrame, universe: np.ndarray) -> np.ndarray:
+    """Positives per item of the sorted ``universe`` (one row per item collected)."""
+    counts = positives.groupBy("item_id").count().toPandas()
+    aligned = np.zeros(len(universe), dtype=np.int64)
+    aligned[np.searchsorted(universe, counts["item_id"].to_numpy(np.int64))] = counts["count"].to_numpy()
+    return aligned
+
+
 def item_universe(interactions: DataFrame) -> np.ndarray:
     """Sorted ids of every item with at least one interaction (small: collected)."""
     ids = interactions.select("item_id").distinct().toPandas()["item_id"].to_numpy(np.int64)
@@ -218,17 +163,25 @@ def item_universe(interactions: DataFrame) -> np.ndarray:
 
 
 def build(spark: SparkSession, cfg: Config, interactions: DataFrame) -> SequenceTables:
-    """The whole sequences stage as DataFrames (lazy; the caller writes them)."""
+    """The whole sequences stage as DataFrames (lazy; the caller writes them).
+
+    ``train_samples`` (the ``eval`` scope's samples of ``train.sample_table_epochs``)
+    is built only when that list is not empty.
+    """
     pos = positives(interactions, cfg.implicit.min_rating)
     splits = split_latest(pos, cfg.split.validation, cfg.split.min_interactions)
     universe = item_universe(interactions)
     targets = splits.filter(F.col("split") != TRAIN)
-    fit_pos = splits.filter(F.col("split") != TEST).select("user_id", "item_id")
+    samples = None
+    if cfg.train.sample_table_epochs:
+        fit_pos = scope_positives(splits, EVAL).select("user_id", "item_id")
+        weights = negative_weights(cfg.train, lambda: item_counts(fit_pos, universe))
+        samples = train_samples(spark, fit_pos, universe, cfg.train.negatives, cfg.seed,
+                                cfg.train.sample_table_epochs, weights)
     return SequenceTables(
-        sequences=build_sequences(pos),
+        sequences=build_sequences(splits),
         splits=splits,
         eval_candidates=eval_candidates(spark, targets, interactions, universe,
                                         cfg.split.eval_negatives, cfg.seed),
-        train_samples=train_samples(spark, fit_pos, universe, cfg.train.negatives, cfg.seed, cfg.train.epoch,
-                                    negative_weights(fit_pos, universe, cfg.train)),
+        train_samples=samples,
     )

@@ -10,6 +10,7 @@ from pyspark import SparkConf
 from pyspark.sql import SparkSession
 
 from dser_spark.config import Config
+from dser_spark.logs import quiet_libraries
 
 log = logging.getLogger("dser_spark")
 
@@ -61,10 +62,5 @@ def build_session(cfg: Config) -> SparkSession:
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
-    _quiet_py4j()
+    quiet_libraries()
     return spark
-
-
-def _quiet_py4j() -> None:
-    for name in ("py4j", "py4j.clientserver", "py4j.java_gateway"):
-        logging.getLogger(name).setLevel(logging.WARNING)

@@ -173,6 +173,15 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     return spark.read.parquet(uri)
 
 
+def drop_table(spark: SparkSession, cfg: Config, name: str) -> None:
+    """Remove table ``name`` from the catalog and the warehouse, if it is there."""
+    spark.sql(f"DROP TABLE IF EXISTS {ensure_database(spark, cfg)}.{name}")
+    fs, uri = filesystem(spark, cfg), table_uri(cfg, name)
+    if fs.exists(uri):
+        log.info("removing table %s at %s", name, uri)
+        fs.delete(uri)
+
+
 def ensure_database(spark: SparkSession, cfg: Config) -> str:
     """Create the catalog database once; returns its name."""
     db = cfg.warehouse.database

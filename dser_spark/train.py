@@ -1,4 +1,4 @@
-"""Training the DSER network on the driver, and its artifacts (no pickle).
+"""Training the DSER network on the driver.
 
 Each epoch draws fresh negatives with the same seeded function the sequences
 stage uses for ``train_samples``, so epoch K here equals that table for K.
@@ -11,8 +11,6 @@ sampled softmax (each positive against its own negatives).
 Early stopping on a validation callback keeps the best weights; checkpoints
 after every epoch let a killed run resume where it stopped (same result as an
 uninterrupted run: negatives and shuffles are seeded by (seed, epoch)).
-Artifacts: ``model.safetensors`` (state dict, incl. the frozen Doc2Vec inputs),
-``config.yaml``, ``user_index.parquet`` / ``item_index.parquet``, ``history.json``.
 """
 from __future__ import annotations
 
@@ -26,20 +24,20 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from dser_spark.config import Config, ModelConfig, TrainConfig, from_dict
-from dser_spark.model import DSER, Inputs, baseline_config, from_state, window_means
-from dser_spark.sequences import popularity_weights, samples_for_users
+from dser_spark.config import ModelConfig, TrainConfig
+from dser_spark.model import DSER, Inputs, baseline_config, window_means
+from dser_spark.artifacts import Trained
+from dser_spark.negatives import negative_weights, samples_for_users
 
 log = logging.getLogger("dser_spark")
 
@@ -94,26 +92,6 @@ class FitData:
         ok = back >= torch.from_numpy(self.starts)[:, None]
         return torch.where(ok, self.flat_items[back.clamp(min=0)] if len(self.flat_items) else back,
                            torch.full_like(back, -1))
-
-
-@dataclass
-class Trained:
-    """A trained model with its id indexes and history."""
-
-    model: DSER
-    user_ids: np.ndarray
-    item_ids: np.ndarray
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-
-
-def negative_weights(data: FitData, train_cfg: TrainConfig) -> np.ndarray | None:
-    """``train.negative_sampling``'s weights over ``data.item_ids`` from its positives (None = uniform);
-    the same weights as ``sequences.negative_weights`` over the same positives."""
-    if train_cfg.negative_sampling == "uniform":
-        return None
-    counts = np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids))
-    return popularity_weights(counts, train_cfg.popularity_power)
 
 
 def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int,
@@ -278,7 +256,7 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)  # fused: ~12% faster
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
-    weights = negative_weights(data, train_cfg)
+    weights = negative_weights(train_cfg, lambda: np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids)))
     ckpt = Checkpoint(checkpoint_dir, _fingerprint(data, model_cfg, train_cfg, seed) + f"-{n_epochs}")
     history: list[dict] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -353,53 +331,3 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         best_epoch = history[-1]["epoch"] if history else 0
     ckpt.clear()
     return Trained(model.eval(), data.user_ids, data.item_ids, history, best_epoch)
-
-
-def save_artifacts(trained: Trained, cfg: Config, directory: Path) -> None:
-    """Write the model directory (local path) without pickle."""
-    directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in trained.model.state_dict().items()},
-              str(directory / "model.safetensors"))
-    settings = cfg.to_dict()
-    settings["model"] = dataclasses.asdict(trained.model.cfg)  # the model as built
-    (directory / "config.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
-    pd.DataFrame({"user_id": trained.user_ids.astype(np.int32),
-                  "idx": np.arange(len(trained.user_ids), dtype=np.int32)}).to_parquet(directory / "user_index.parquet")
-    pd.DataFrame({"item_id": trained.item_ids.astype(np.int32),
-                  "idx": np.arange(len(trained.item_ids), dtype=np.int32)}).to_parquet(directory / "item_index.parquet")
-    (directory / "history.json").write_text(json.dumps(trained.history, indent=1))
-
-
-def load_artifacts(directory: Path) -> Trained:
-    """Load a model directory written by ``save_artifacts``."""
-    cfg = from_dict(yaml.safe_load((directory / "config.yaml").read_text()))
-    state = load_file(str(directory / "model.safetensors"))
-    user_ids = pd.read_parquet(directory / "user_index.parquet")["user_id"].to_numpy()
-    item_ids = pd.read_parquet(directory / "item_index.parquet")["item_id"].to_numpy()
-    history = json.loads((directory / "history.json").read_text())
-    return Trained(from_state(state, cfg.model), user_ids, item_ids, history, chosen_epochs(history))
-
-
-def chosen_epochs(history: list[dict]) -> int | None:
-    """Epochs a stored model was trained for: its refit's, else its best (validated) epoch."""
-    refit = [h for h in history if h.get("phase") == "refit"]
-    if refit or any(h.get("phase") == "select" for h in history):
-        return len(refit)
-    best = [h["epoch"] for h in history if h.get("best")]
-    return best[0] if best else (history[-1]["epoch"] if history else 0)
-
-
-def model_bytes(directory: Path) -> dict[str, bytes]:
-    """The files of a model directory as bytes (to broadcast to executors)."""
-    return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
-
-
-def load_from_bytes(files: dict[str, bytes]) -> Trained:
-    """Rebuild a model from ``model_bytes`` output (on an executor)."""
-    tmp = Path(tempfile.mkdtemp(prefix="dser-model-"))
-    try:
-        for name, blob in files.items():
-            (tmp / name).write_bytes(blob)
-        return load_artifacts(tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

@@ -24,6 +24,7 @@ top-K) against a measured one-thread fp32 matmul, alternated. The last line is
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -40,10 +41,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dser_spark import pipeline, recommend, tables  # noqa: E402
-from dser_spark.config import Config, ModelConfig, load_config  # noqa: E402
+from dser_spark.config import Config, ModelConfig, RecommendConfig, load_config  # noqa: E402
 from dser_spark.model import DSER, Inputs  # noqa: E402
 from dser_spark.session import build_session  # noqa: E402
-from dser_spark.train import Trained, load_artifacts, model_bytes, save_artifacts  # noqa: E402
+from dser_spark.artifacts import Trained, load_artifacts, model_bytes, save_artifacts  # noqa: E402
 
 
 class PeakRSS(threading.Thread):
@@ -174,7 +175,7 @@ def interleaved(runs: dict[str, tuple[str, Callable[[], None]]], reps: int, rss:
     return {key: min(values) for key, values in times.items()}
 
 
-def in_process(trained: Trained, settings: recommend.Settings, pop: recommend.Popularity,
+def in_process(trained: Trained, settings: RecommendConfig, pop: recommend.Popularity,
                users: np.ndarray, hist: list[np.ndarray], cores: int) -> None:
     """(d): the same Serving on ``cores`` Python threads (torch ops release the GIL), one torch thread each."""
     torch.set_num_threads(1)
@@ -228,15 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     model_dir = work / "model"
     save_artifacts(trained, Config(), model_dir)
     files = model_bytes(model_dir)
-    settings = recommend.Settings.from_config(cfg)
-    dot = recommend.Settings(**{**settings.__dict__, "scoring": "dot"})
+    settings = cfg.recommend
+    dot = dataclasses.replace(settings, scoring="dot")
     print(f"{name}: {len(user_ids)} users x {len(item_ids)} items, {n_inter} interactions, k={args.k}, "
           f"{cores} cores, load average at start {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}", flush=True)
     print(f"model: {args.model or 'random weights, default DSER shapes'}; settings {settings}", flush=True)
 
     out = work / "out"
 
-    def ours(s: recommend.Settings, target: str) -> Callable[[], None]:
+    def ours(s: RecommendConfig, target: str) -> Callable[[], None]:
         return lambda: recommend.recommend_all(spark, files, interactions, s).write.mode("overwrite").parquet(
             str(out / target))
 

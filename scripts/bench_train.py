@@ -70,11 +70,10 @@ def main() -> int:
     user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else synthetic_sequences()
     d, c = cfg.embed.vector_size, cfg.embed.content_vector_size
     g = torch.Generator().manual_seed(0)
-    inputs = Inputs(torch.randn(len(user_ids), d, generator=g) * 0.1, torch.zeros(len(user_ids), d),
+    inputs = Inputs(torch.randn(len(user_ids), d, generator=g) * 0.1, None,
                     torch.randn(len(item_ids), d, generator=g) * 0.1, torch.randn(len(item_ids), d, generator=g) * 0.1,
                     torch.randn(len(item_ids), c, generator=g) * 0.1)
-    windows = tuple(dict.fromkeys([cfg.recent.k, *cfg.recent.windows]))
-    data = FitData(user_ids, item_ids, seqs, inputs, windows)
+    data = FitData(user_ids, item_ids, seqs, inputs, cfg.recent.window_sizes())
     print(f"{args.dataset}: {len(user_ids)} users, {len(item_ids)} items, {len(data.flat_items)} positives, "
           f"{cfg.train.negatives} negatives each, batch {args.batch_size}, torch threads {torch.get_num_threads()}",
           file=sys.stderr)

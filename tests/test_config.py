@@ -66,3 +66,88 @@ def test_round_trip_through_dict():
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_readme_config_table_is_the_generated_one():
+    """The README's table and the declarations in config.py must not drift apart."""
+    from pathlib import Path
+
+    from dser_spark.config import markdown_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start = readme.index("<!-- config-table: generated")
+    body = readme[readme.index("\n", start) + 1:readme.index("<!-- config-table: end -->")]
+    assert body == markdown_table(), "README config table is stale: paste `dser-spark config --markdown`"
+
+
+def test_every_key_is_documented_and_listed_once():
+    import dataclasses
+
+    from dser_spark.config import key_docs
+    docs = list(key_docs())
+    keys = [d.key for d in docs]
+    assert len(keys) == len(set(keys))
+    assert all(d.doc.strip() and d.type for d in docs)
+    leaves = []
+
+    def walk(obj, prefix=""):
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                leaves.append(f"{prefix}{f.name}")
+
+    walk(Config())
+    assert keys == leaves
+    assert {"evaluate.baselines", "recommend.users", "recent.windows", "train.validation_k"} <= set(keys)
+
+
+def test_bounds_come_from_the_declarations():
+    from dser_spark.config import key_docs
+    types = {d.key: d.type for d in key_docs()}
+    assert types["train.epochs"] == "int >= 0"
+    assert types["recommend.k"] == "int > 0"
+    assert types["train.pretrain_alpha"] == "float >= 0, <= 1"
+    assert types["model.mlp_layers"] == "list of int > 0, not empty"
+    with pytest.raises(ConfigError, match=r"train\.pretrain_alpha: must be <= 1"):
+        from_dict({"train": {"pretrain_alpha": 1.5}})
+    with pytest.raises(ConfigError, match=r"recent\.windows: must be > 0"):
+        from_dict({"recent": {"windows": [3, 0]}})
+    with pytest.raises(ConfigError, match=r"evaluate\.baselines\[1\]"):
+        from_dict({"evaluate": {"baselines": ["ALS", "SVD"]}})
+    with pytest.raises(ConfigError, match=r"recommend\.users: must not be empty"):
+        from_dict({"recommend": {"users": " "}})
+    with pytest.raises(ConfigError, match="at least one of use_gmf"):
+        from_dict({"model": {"use_gmf": False, "use_mlp": False, "use_recency": False}})
+
+
+def test_config_command_prints_the_effective_config_with_its_documentation(capsys):
+    import yaml
+
+    from dser_spark import cli
+    assert cli.main(["config", "--config", "conf/default.yaml", "--set", "train.epochs=3",
+                     "--set", "spark.conf.spark.x.y=1"]) == 0
+    out = capsys.readouterr().out
+    assert from_dict(yaml.safe_load(out)) == load_config("conf/default.yaml", ["train.epochs=3",
+                                                                              "spark.conf.spark.x.y=1"])
+    assert "# maximum epochs of the selection fit" in out and "(int >= 0; default 5)" in out
+    assert cli.main(["config", "--markdown"]) == 0
+    assert capsys.readouterr().out.startswith("| key | type | default | meaning |")
+    assert cli.main(["config", "--set", "train.epochs=-1"]) == 2
+    assert "train.epochs: must be >= 0" in capsys.readouterr().err
+
+
+def test_gitignore_covers_every_shipped_warehouse():
+    """Derived MovieLens data must never be committed: every conf/ warehouse root is ignored by git."""
+    import subprocess
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    for conf in sorted((repo / "conf").glob("*.yaml")):
+        cfg = load_config(conf)
+        root = cfg.warehouse.root
+        if "://" in root:
+            continue
+        probe = Path(root) / "interactions" / "part-0.parquet"
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(probe)], cwd=repo).returncode == 0
+        assert ignored, f"{conf.name}: warehouse.root {root} is not in .gitignore"

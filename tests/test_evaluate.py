@@ -5,7 +5,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dser_spark.evaluate import hit_ratio, ndcg, popularity_scorer, sampled_metrics, target_ranks
+from dser_spark.evaluate import (hit_ratio, ndcg, popularity_ranker, ranker_scorer, sampled_metrics,
+                                 target_ranks)
+
+
+def popularity_scorer(counts: pd.Series):
+    """ItemPop on the sampled protocol over the items 1..9."""
+    item_ids = np.arange(1, 10)
+    return ranker_scorer(popularity_ranker(counts, item_ids), item_ids)
 
 
 def test_target_ranks_count_ties_against_the_target():
@@ -80,7 +87,7 @@ def test_model_ranker_equals_pairwise_forward():
     from dser_spark.config import ModelConfig
     from dser_spark.evaluate import model_ranker, model_scorer
     from dser_spark.model import DSER, Inputs
-    from dser_spark.train import Trained
+    from dser_spark.artifacts import Trained
     g = torch.Generator().manual_seed(0)
     inputs = Inputs(*(torch.randn(n, 4, generator=g) for n in (5, 5, 7, 7, 7)))
     model = DSER(inputs, ModelConfig(gmf_dim=3, mlp_layers=[4, 2])).eval()
@@ -88,7 +95,7 @@ def test_model_ranker_equals_pairwise_forward():
         torch.nn.init.normal_(model.out.weight)
         torch.nn.init.normal_(model.item_bias)
     trained = Trained(model, np.arange(5) * 2, np.arange(7) + 100)
-    full = model_ranker(trained, user_block=2, item_block=3)(np.array([0, 8, 4]))
+    full = model_ranker(trained, user_block=2)(np.array([0, 8, 4]))
     cands = np.tile(np.arange(7) + 100, (3, 1))
     pairwise = model_scorer(trained)(np.array([0, 8, 4]), cands)
     assert np.allclose(full, pairwise, atol=1e-5)

@@ -7,10 +7,18 @@ import pytest
 import torch
 
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import DSER, Inputs, baseline_config, from_state, window_means
-from dser_spark.train import (FitData, epoch_groups, epoch_samples, fit, group_loss, load_artifacts, load_from_bytes,
-                              model_bytes, negative_weights, pretrained_state, save_artifacts)
+from dser_spark.model import DSER, Inputs, baseline_config, window_means
+from dser_spark.artifacts import load_artifacts, load_from_bytes, model_bytes, save_artifacts
+from dser_spark.negatives import negative_weights
+from dser_spark.scoring import Kernel
+from dser_spark.train import FitData, epoch_groups, epoch_samples, fit, group_loss, pretrained_state
 from dser_spark import sequences
+
+
+def all_logits(model, n_users, n_items):
+    """(n_users, n_items) logits of every pair through the scoring kernel."""
+    kernel = Kernel(model, torch.arange(n_items), pairs=7)
+    return kernel.logits(kernel.users(model.user_part(torch.arange(n_users))), 0, n_items).clone()
 
 
 def _inputs(n_users=7, n_items=11, d=8, c=4, seed=0):
@@ -22,14 +30,14 @@ def _inputs(n_users=7, n_items=11, d=8, c=4, seed=0):
 
 @pytest.mark.parametrize("gmf, mlp, rec", [(True, True, True), (True, False, False), (False, True, False),
                                            (False, False, True), (True, True, False)])
-def test_score_block_equals_pairwise_forward(gmf, mlp, rec):
+def test_kernel_logits_equal_pairwise_forward(gmf, mlp, rec):
     torch.manual_seed(0)
     model = DSER(_inputs(), ModelConfig(gmf_dim=5, mlp_layers=[6, 3], use_gmf=gmf, use_mlp=mlp,
                                         use_recency=rec)).eval()
     with torch.no_grad():
         torch.nn.init.normal_(model.out.weight)
         users, items = torch.arange(7), torch.arange(11)
-        block = model.score_block(model.user_part(users), model.item_part(items))
+        block = all_logits(model, 7, 11)
         uu, ii = torch.meshgrid(users, items, indexing="ij")
         pairwise = model(uu.reshape(-1), ii.reshape(-1)).reshape(7, 11)
     assert torch.allclose(block, pairwise, atol=1e-5)
@@ -59,7 +67,7 @@ def test_epoch_samples_match_the_spark_train_samples_table(spark):
     u, i, y = epoch_samples(data, 4, seed=3, epoch=1)
     rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
     fit_pos = spark.createDataFrame(rows, "user_id int, item_id int")
-    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epoch=1).toPandas()
+    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epochs=[1]).toPandas()
     mine = pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
     key = ["user_id", "item_id", "label"]
     assert mine.sort_values(key).reset_index(drop=True).equals(
@@ -68,15 +76,16 @@ def test_epoch_samples_match_the_spark_train_samples_table(spark):
 
 def test_popularity_negatives_follow_item_counts_and_match_the_spark_table(spark):
     data = _fit_data()
-    weights = negative_weights(data, TrainConfig(negative_sampling="popularity", popularity_power=1.0))
+    cfg = TrainConfig(negative_sampling="popularity", popularity_power=1.0)
     counts = np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids))
+    weights = negative_weights(cfg, lambda: counts)
     assert np.allclose(weights, (counts + 1) / (counts + 1).sum())
+    assert negative_weights(TrainConfig(), lambda: 1 / 0) is None  # uniform: no counts needed
     rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
     fit_pos = spark.createDataFrame(rows, "user_id int, item_id int")
-    cfg = TrainConfig(negative_sampling="popularity", popularity_power=1.0)
-    assert np.allclose(sequences.negative_weights(fit_pos, data.item_ids, cfg), weights)
+    assert np.array_equal(sequences.item_counts(fit_pos, data.item_ids), counts)  # the Spark side's counts
     u, i, y = epoch_samples(data, 4, seed=3, epoch=1, weights=weights)
-    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epoch=1, weights=weights).toPandas()
+    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epochs=[1], weights=weights).toPandas()
     mine = pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
     key = ["user_id", "item_id", "label"]
     assert mine.sort_values(key).reset_index(drop=True).equals(
@@ -101,7 +110,7 @@ def test_training_learns_the_taste_groups_and_is_deterministic():
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     assert a.history[-1]["loss"] < a.history[0]["loss"]
     with torch.no_grad():
-        s = a.model.score_block(a.model.user_part(torch.arange(30)), a.model.item_part(torch.arange(40)))
+        s = all_logits(a.model, 30, 40)
     in_group = torch.cat([s[:15, :20].reshape(-1), s[15:, 20:].reshape(-1)]).mean()
     out_group = torch.cat([s[:15, 20:].reshape(-1), s[15:, :20].reshape(-1)]).mean()
     assert in_group > out_group + 1.0
@@ -313,7 +322,7 @@ def test_next_item_training_beats_the_untrained_score_on_a_sequential_pattern():
 
     def hit_rate(model):
         with torch.no_grad():
-            scores = model.score_block(model.user_part(torch.arange(40)), model.item_part(torch.arange(n_items)))
+            scores = all_logits(model, 40, n_items)
         for r, s in enumerate(data.user_pos):  # exclude history
             scores[r, torch.from_numpy(np.searchsorted(item_ids, s))] = -torch.inf
         return float((scores.argmax(1) == targets).float().mean())

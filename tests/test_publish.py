@@ -6,10 +6,11 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from dser_spark import pipeline, tables
+from dser_spark import pipeline, selection, tables
+from dser_spark.artifacts import Trained, save_artifacts
 from dser_spark.config import ModelConfig
 from dser_spark.model import DSER, Inputs
-from dser_spark.train import Trained, save_artifacts
+from dser_spark.publish import check_recommendations
 
 DAY1, DAY2 = "2026-03-01", "2026-03-02"
 
@@ -25,7 +26,7 @@ def _put_model(spark, cfg, dt, tmp_path):
             p.copy_(torch.randn(p.shape, generator=g))
     local = tmp_path / f"model-{dt}"
     save_artifacts(Trained(model, np.arange(1, 6), np.arange(1, 13)), cfg, local)
-    tables.put_directory(spark, cfg, str(local), pipeline.model_name(cfg, dt, pipeline.serving_scope(cfg)))
+    tables.put_directory(spark, cfg, str(local), pipeline.model_name(cfg, dt, selection.serving_scope(cfg)))
 
 
 @pytest.fixture
@@ -116,13 +117,13 @@ def test_validation_names_every_problem_and_publishes_nothing(spark, world):
     bad = [(u, r, 3 if (u, r) == (3, 1) else i, s) for u, r, i, s in bad]  # user 3 gets an item they rated
     bad.append((6, 1, 1, 0.1))                                        # user 6 was not asked for
     schema = "user_id int, rank int, item_id int, score double"
-    pipeline.check_recommendations(spark.createDataFrame(good, schema), targets, candidates, interactions, 3, True)
+    check_recommendations(spark.createDataFrame(good, schema), targets, candidates, interactions, 3, True)
     with pytest.raises(tables.ValidationError) as err:
-        pipeline.check_recommendations(spark.createDataFrame(bad, schema), targets, candidates, interactions, 3, True)
+        check_recommendations(spark.createDataFrame(bad, schema), targets, candidates, interactions, 3, True)
     for text in ("1 users without recommendations", "1 users not asked for", "ranks are not 1..n",
                  "1 rows with items the user already interacted with"):
         assert text in str(err.value)
     with pytest.raises(tables.ValidationError):
         tables.publish_partition(spark, cfg, spark.createDataFrame(bad, schema), "recommendations", DAY1, [
-            lambda df: pipeline.check_recommendations(df, targets, candidates, interactions, 3, True)])
+            lambda df: check_recommendations(df, targets, candidates, interactions, 3, True)])
     assert tables.partitions(spark, cfg, "recommendations") == []

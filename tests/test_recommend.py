@@ -4,12 +4,13 @@ import pandas as pd
 import pytest
 import torch
 
-from dser_spark.config import Config, ModelConfig
+from dser_spark.artifacts import Trained, model_bytes, save_artifacts
+from dser_spark.coldstart import infer_vectors, vector_user_parts
+from dser_spark.config import Config, EmbedConfig, ModelConfig, RecommendConfig
 from dser_spark.model import DSER, Inputs
-from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, Settings, block_top,
-                                  candidate_items, group_histories, id_list, infer_vectors, merge_top,
-                                  recommend_all, user_histories, vector_user_parts)
-from dser_spark.train import Trained, model_bytes, save_artifacts
+from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, candidate_items, group_histories,
+                                  id_list, recommend_all, user_histories)
+from dser_spark.scoring import block_top, merge_top
 
 N_USERS, N_ITEMS = 9, 50
 
@@ -54,7 +55,7 @@ def test_top_k_equals_brute_force_and_excludes_seen(item_block, tower_pairs, use
     trained = _trained()
     users = trained.user_ids[[0, 3, 8]]
     seen = [trained.item_ids[:20], np.array([], dtype=np.int64), trained.item_ids[::2]]
-    settings = Settings(k=10, item_block=item_block, tower_pairs=tower_pairs, user_block=user_block)
+    settings = RecommendConfig(k=10, item_block=item_block, tower_pairs=tower_pairs, user_block=user_block)
     got = Serving(trained, settings, _popularity(trained)).recommend(users, seen)
     assert _triples(got) == _brute_force(trained, users, seen, 10)
     assert set(got.source) == {MODEL}
@@ -83,7 +84,7 @@ def test_ties_are_broken_by_item_id_and_short_lists_are_allowed():
     with torch.no_grad():  # a constant score: every item ties
         for p in trained.model.parameters():
             p.zero_()
-    serving = Serving(trained, Settings(k=10, item_block=8), _popularity(trained))
+    serving = Serving(trained, RecommendConfig(k=10, item_block=8), _popularity(trained))
     got = serving.recommend(trained.user_ids[:2], [trained.item_ids[:45], np.array([], dtype=np.int64)])
     first = got[got.user_id == trained.user_ids[0]]
     assert first.item_id.tolist() == trained.item_ids[45:].tolist()  # only 5 candidates left
@@ -95,7 +96,7 @@ def test_candidate_subset_and_keeping_seen_items():
     trained = _trained(seed=3)
     users, seen = trained.user_ids[:4], [trained.item_ids[i::4] for i in range(4)]
     items = trained.item_ids[5:40:3]
-    serving = Serving(trained, Settings(k=6, exclude_seen=False, user_block=3), _popularity(trained), items)
+    serving = Serving(trained, RecommendConfig(k=6, exclude_seen=False, user_block=3), _popularity(trained), items)
     got = serving.recommend(users, seen)
     assert _triples(got) == _brute_force(trained, users, [[]] * 4, 6, items)
     assert set(got.item_id) <= set(items)
@@ -105,7 +106,7 @@ def test_candidate_subset_and_keeping_seen_items():
 def test_dot_scoring_is_the_model_without_its_mlp_tower():
     trained = _trained(seed=4)
     users, seen = trained.user_ids, [trained.item_ids[:u // 10] for u in trained.user_ids]
-    got = Serving(trained, Settings(k=5, scoring="dot"), _popularity(trained)).recommend(users, seen)
+    got = Serving(trained, RecommendConfig(k=5, scoring="dot"), _popularity(trained)).recommend(users, seen)
     with torch.no_grad():
         trained.model.out.weight[0, trained.model.cfg.gmf_dim:] = 0.0  # the MLP's share of the fusion unit
     assert _triples(got) == _brute_force(trained, users, seen, 5)
@@ -145,7 +146,8 @@ def test_infer_vectors_agree_with_gensim_infer_vector():
 def test_cold_users_are_inferred_and_users_without_history_get_the_popular_list():
     trained = _trained(seed=6)
     pop = _popularity(trained)
-    serving = Serving(trained, Settings(k=4, infer_epochs=5), pop)
+    trained.embed = EmbedConfig(epochs=5)  # inference settings travel with the model
+    serving = Serving(trained, RecommendConfig(k=4), pop)
     new_history = trained.item_ids[[3, 9, 27]]
     histories = [trained.item_ids[:2], new_history, np.array([], dtype=np.int64),
                  np.array([2, 5], dtype=np.int64)]  # 2 and 5 are not in the model
@@ -179,12 +181,13 @@ def test_histories_stream_whole_users_across_batches():
 
 def test_recommend_all_through_spark_matches_in_process(spark, tmp_path):
     trained = _trained(seed=7)
-    save_artifacts(trained, Config(), tmp_path / "m")
+    trained.embed = EmbedConfig(epochs=3)
+    save_artifacts(trained, Config(embed=trained.embed), tmp_path / "m")
     rows = [(int(u), int(i), j) for u in [*trained.user_ids, 555] for j, i in
             enumerate(trained.item_ids[int(u) % 7:int(u) % 7 + 3 + int(u) // 40])]
     inter = spark.createDataFrame(rows, "user_id int, item_id int, t int").selectExpr(
         "user_id", "item_id", "timestamp_seconds(t) AS ts")
-    settings = Settings(k=5, user_block=4, infer_epochs=3, partitions=3)
+    settings = RecommendConfig(k=5, user_block=4, partitions=3)
     items = trained.item_ids[::2]
     users = spark.createDataFrame([(int(u),) for u in [10, 40, 90, 555, 999]], "user_id int")
     got = recommend_all(spark, model_bytes(tmp_path / "m"), inter, settings, users, items).toPandas()

@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from dser_spark import sequences
-from dser_spark.sequences import draw_negatives, user_rng
+from dser_spark.negatives import draw_negatives, user_rng
 
 SCHEMA = "user_id int, item_id int, rating float, ts timestamp"
 
@@ -47,10 +47,19 @@ def test_split_without_validation_and_higher_minimum(spark, small):
 
 def test_implicit_threshold_and_time_ordered_sequences(spark, small):
     pos = sequences.positives(small, 3.0)
-    seqs = sequences.build_sequences(pos).toPandas().set_index("user_id")
-    assert list(seqs.loc[1, "item_ids"]) == [11, 10, 13]  # rating 2.0 dropped, ordered by ts
-    assert list(seqs.loc[2, "item_ids"]) == [14]
+    seqs = sequences.build_sequences(sequences.split_latest(pos, True, 2)).toPandas()
+    by_user = seqs.set_index("user_id")
+    assert list(by_user.loc[1, "item_ids"]) == [11, 10, 13]  # rating 2.0 dropped, ordered by ts
+    assert (by_user.loc[1, "has_validation"], by_user.loc[1, "has_test"]) == (True, True)
+    assert list(by_user.loc[2, "item_ids"]) == [14]
+    assert (by_user.loc[2, "has_validation"], by_user.loc[2, "has_test"]) == (False, False)
     assert sequences.positives(small, 0).count() == 7
+    # scopes are prefixes: the latest item is the test item, the one before it the validation item
+    cut = {scope: {int(u): s.tolist() for u, s in zip(*sequences.scope_sequences(seqs, scope))}
+           for scope in (sequences.SELECT, sequences.EVAL, sequences.SERVE)}
+    assert cut[sequences.SELECT] == {1: [11], 2: [14], 3: [15]}
+    assert cut[sequences.EVAL] == {1: [11, 10], 2: [14], 3: [15]}
+    assert cut[sequences.SERVE] == {1: [11, 10, 13], 2: [14], 3: [15]}
 
 
 def test_draw_negatives_rejects_excluded_and_is_seeded():
@@ -87,8 +96,8 @@ def test_train_samples_never_contain_positives_and_ignore_partitioning(spark):
     df, pdf = _random_interactions(spark)
     universe = np.sort(pdf["item_id"].unique())
     fit = df.select("user_id", "item_id")
-    a = sequences.train_samples(spark, fit.repartition(1), universe, 4, seed=7, epoch=2).toPandas()
-    b = sequences.train_samples(spark, fit.repartition(5), universe, 4, seed=7, epoch=2).toPandas()
+    a = sequences.train_samples(spark, fit.repartition(1), universe, 4, seed=7, epochs=[2]).toPandas()
+    b = sequences.train_samples(spark, fit.repartition(5), universe, 4, seed=7, epochs=[2]).toPandas()
     key = ["user_id", "item_id", "label"]
     assert a.sort_values(key).reset_index(drop=True).equals(b.sort_values(key).reset_index(drop=True))
     pos = set(zip(pdf.user_id, pdf.item_id))
@@ -96,9 +105,13 @@ def test_train_samples_never_contain_positives_and_ignore_partitioning(spark):
     assert len(negs) == 4 * len(pdf)
     assert not any((u, i) in pos for u, i in zip(negs.user_id, negs.item_id))
     assert (a.epoch == 2).all()
-    c = sequences.train_samples(spark, fit, universe, 4, seed=7, epoch=3).toPandas()
+    c = sequences.train_samples(spark, fit, universe, 4, seed=7, epochs=[3]).toPandas()
     assert not c[c.label == 0].sort_values(key)["item_id"].reset_index(drop=True).equals(
         negs.sort_values(key)["item_id"].reset_index(drop=True))
+    both = sequences.train_samples(spark, fit, universe, 4, seed=7, epochs=[2, 3]).toPandas()
+    key = ["epoch", "user_id", "item_id", "label"]
+    assert both.sort_values(key).reset_index(drop=True).equals(
+        pd.concat([a, c]).sort_values(key).reset_index(drop=True))
 
 
 def test_eval_candidates_are_untouched_distinct_items(spark):
