@@ -19,16 +19,16 @@ import pandas as pd
 import yaml
 from safetensors.torch import load_file, save_file
 
-from dser_spark.config import Config, EmbedConfig, from_dict
+from dser_spark.config import Config, from_dict
 from dser_spark.model import DSER, from_state
 
 
 @dataclass
 class Trained:
-    """A trained model with its id indexes, its history, and how to infer vectors of new users.
+    """A trained model with its id indexes, its history, and the config it was trained with.
 
-    ``embed`` and ``seed`` are the Doc2Vec settings and seed the model was
-    trained with: inferring a cold user's vectors uses the same ones.
+    Serving reads that config: new users' vectors are inferred with its Doc2Vec
+    settings and seed, and their positives follow its ``implicit.min_rating``.
     """
 
     model: DSER
@@ -36,8 +36,7 @@ class Trained:
     item_ids: np.ndarray
     history: list[dict] = field(default_factory=list)
     best_epoch: int | None = None
-    embed: EmbedConfig = field(default_factory=EmbedConfig)
-    seed: int = 42
+    config: Config = field(default_factory=Config)
 
 
 
@@ -63,8 +62,7 @@ def load_artifacts(directory: Path) -> Trained:
     user_ids = pd.read_parquet(directory / "user_index.parquet")["user_id"].to_numpy()
     item_ids = pd.read_parquet(directory / "item_index.parquet")["item_id"].to_numpy()
     history = json.loads((directory / "history.json").read_text())
-    return Trained(from_state(state, cfg.model), user_ids, item_ids, history, chosen_epochs(history), cfg.embed,
-                   cfg.seed)
+    return Trained(from_state(state, cfg.model), user_ids, item_ids, history, chosen_epochs(history), cfg)
 
 
 def chosen_epochs(history: list[dict]) -> int | None:

@@ -14,6 +14,11 @@ from dser_spark.logs import setup_logging
 log = logging.getLogger("dser_spark")
 
 STAGES = ("prepare", "sequences", "embed", "train", "evaluate", "recommend", "nightly")
+# exit codes a scheduler can act on
+EXIT_OK = 0                # done (for recommend / nightly: published)
+EXIT_DATA_FAILURE = 1      # bad data, a missing input or a failed check: nothing published
+EXIT_BAD_ARGUMENTS = 2     # bad config or arguments (incl. a dt retention would delete at once)
+EXIT_GATE_REFUSED = 3      # the quality gate refused the new model: latest unchanged
 DEFAULT_CONFIG = "conf/default.yaml"
 
 
@@ -37,6 +42,14 @@ def parser() -> argparse.ArgumentParser:
                                   help="every stage in order" if stage == "nightly" else f"the {stage} stage")
         sub.add_argument("--dt", type=_date, default=_dt.date.today().isoformat(),
                          help="run date YYYY-MM-DD (default: today)")
+        if stage in ("evaluate", "recommend", "nightly"):
+            sub.add_argument("--model", default=None, metavar="MODEL_ID",
+                             help="use this model (default: the one trained for --dt, else models/_latest)")
+        if stage in ("recommend", "nightly"):
+            sub.add_argument("--force", action="store_true", help="publish even if the quality gate refuses")
+        if stage == "nightly":
+            sub.add_argument("--from-stage", choices=STAGES[:-1], default="prepare",
+                             help="resume at this stage; the earlier stages' outputs must be complete")
     config = commands.add_parser("config", parents=[common],
                                  help="print the effective config as YAML, every key with its meaning")
     config.add_argument("--markdown", action="store_true", help="print the reference table of all keys instead")
@@ -56,46 +69,60 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(_config_path(args.config), args.overrides)
     except ConfigError as exc:
         print(f"dser-spark: config error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_ARGUMENTS
     if args.command == "config":
         print(markdown_table() if args.markdown else annotated_yaml(cfg), end="")
         return 0
-    return run_stage_command(cfg, args.command, args.dt)
+    from dser_spark.pipeline import Options
+
+    opts = Options(model=getattr(args, "model", None), force=getattr(args, "force", False),
+                   from_stage=getattr(args, "from_stage", "prepare"))
+    return run_stage_command(cfg, args.command, args.dt, opts)
 
 
-def run_stage_command(cfg: Config, stage: str, dt: str) -> int:
-    """Run one stage or the nightly; 1 for bad data or a failed check (nothing published)."""
+def run_stage_command(cfg: Config, stage: str, dt: str, opts) -> int:
+    """Run one stage or the nightly and map the outcome to the exit code (see EXIT_CODES)."""
     from dser_spark import pipeline
     from dser_spark.prepare import DataError
+    from dser_spark.publish import BackfillRefused
+    from dser_spark.runs import GateRefused
     from dser_spark.session import build_session
     from dser_spark.tables import ValidationError
 
     spark = build_session(cfg)
     try:
         if stage == "nightly":
-            print(summary(cfg, dt, pipeline.run_nightly(spark, cfg, dt)))
+            print(summary(cfg, dt, pipeline.run_nightly(spark, cfg, dt, opts)))
         else:
-            result = pipeline.run_stage(spark, cfg, stage, dt)
+            result = pipeline.run_stage(spark, cfg, stage, dt, opts)
             print(f"{stage} done: {result if not hasattr(result, 'to_string') else result.to_string()}")
+    except BackfillRefused as exc:
+        print(f"dser-spark: {stage} refused: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    except GateRefused as exc:
+        print(f"dser-spark: {stage}: {exc}", file=sys.stderr)
+        return EXIT_GATE_REFUSED
     except (DataError, FileNotFoundError, ValidationError) as exc:
         print(f"dser-spark: {stage} failed: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_DATA_FAILURE
+    return EXIT_OK
 
 
 def summary(cfg: Config, dt: str, run: dict) -> str:
     """The short report printed at the end of ``nightly``."""
     from dser_spark.tables import table_uri
 
-    metrics = run["results"]["evaluate"]
-    k = cfg.evaluate.k
+    results, k = run["results"], cfg.evaluate.k
     lines = [f"dser-spark nightly dt={dt} run_id={run['run_id']} finished in {run['seconds']:.0f}s",
-             f"  users scored: {run['results']['recommend']['users']}"]
-    for model in metrics["model"].unique():
+             f"  model: {results['recommend']['model_id']}",
+             f"  users scored: {results['recommend']['users']}"]
+    metrics = results.get("evaluate")
+    for model in [] if metrics is None else metrics["model"].unique():
         m = metrics[(metrics["model"] == model) & (metrics["k"] == k)].set_index("metric")["value"]
         lines.append(f"  {model:8s} HR@{k} {m['HR']:.4f}  NDCG@{k} {m['NDCG']:.4f}")
-    lines += [f"  recommendations: {run['results']['recommend']['location']}",
+    lines += [f"  recommendations: {results['recommend']['location']}",
               f"  tables under:    {table_uri(cfg, '')}",
+              f"  run records:     {run['records']}",
               f"  query: SELECT user_id, rank, item_id, score FROM {cfg.warehouse.database}.recommendations "
               f"WHERE dt = '{dt}' AND user_id = 1 ORDER BY rank"]
     return "\n".join(lines)

@@ -169,6 +169,10 @@ class TrainConfig:
                             ge=0)
     select_epochs: bool = setting(True, "fit on train, choose the epochs on validation, then refit on "
                                         "train + validation (needs `split.validation`)")
+    refit_all: bool = setting(True, "also refit on all interactions and serve from that fit (else serve from "
+                                    "the evaluated fit, which never saw the test items)")
+    reuse_model: bool = setting(True, "reuse a stored model trained on the same data with the same settings "
+                                      "instead of fitting it again (false: refit and replace it)")
     pretrain: bool = setting(False, "NCF-style: fit GMF and MLP alone, start the fused model from both")
     pretrain_alpha: float = setting(0.5, "pre-training mix: output unit = [alpha x GMF's, (1 - alpha) x MLP's]",
                                     ge=0, le=1)
@@ -176,7 +180,8 @@ class TrainConfig:
                                       "system temp directory)")
     threads: int = setting(0, "torch intra-op threads (0: torch's default; 1 is robust on a busy machine)",
                            ge=0)
-    show_progress: bool = setting(True, "progress bar per epoch")
+    show_progress: bool = setting(True, "a progress bar per epoch when stderr is a terminal (a log file gets one "
+                                        "line per epoch either way)")
 
 
 BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF")
@@ -227,8 +232,12 @@ class RecommendConfig:
 class PublishConfig:
     """Publishing of the nightly recommendations."""
 
-    retain: int = setting(7, "`dt` partitions of `recommendations` kept", gt=0)
-    refit_all: bool = setting(True, "serve from a model refit on all interactions (else the evaluated one)")
+    retain: int = setting(7, "`dt` partitions of `recommendations` kept; an older `dt` is refused up front", gt=0)
+    retain_models: int = setting(3, "models kept besides those a retained partition or `models/_latest` "
+                                    "points to", gt=0)
+    min_quality_ratio: float = setting(0.95, "quality gate: a newly trained model is published only if its test "
+                                             "HR@`evaluate.k` (sampled) is at least this x that of the model behind "
+                                             "the latest partition (`--force` skips the gate)", ge=0)
 
 
 def sections(cls: type) -> type:

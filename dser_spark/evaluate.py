@@ -27,7 +27,8 @@ log = logging.getLogger("dser_spark")
 Scorer = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (user_ids (n,), item_ids (n, m)) -> scores (n, m)
 Ranker = Callable[[np.ndarray], np.ndarray]  # user_ids (n,) -> scores (n, I) over the item universe
 
-METRICS_SCHEMA = "run_id string, model string, protocol string, metric string, k int, value double"
+METRICS_SCHEMA = ("run_id string, dt string, model_id string, model string, protocol string, metric string, "
+                  "k int, value double")
 
 
 def target_ranks(scores: np.ndarray) -> np.ndarray:
@@ -189,16 +190,16 @@ def model_scorer(trained: Trained, batch: int = 4096) -> Scorer:
     return score
 
 
-def metric_rows(run_id: str, model: str, protocol: str, values: dict[tuple[str, int], float]) -> pd.DataFrame:
-    """Rows of the ``metrics`` table for one model and protocol."""
-    return pd.DataFrame([{"run_id": run_id, "model": model, "protocol": protocol, "metric": m,
-                          "k": int(k), "value": float(v)} for (m, k), v in sorted(values.items())])
+def metric_rows(model: str, protocol: str, values: dict[tuple[str, int], float]) -> pd.DataFrame:
+    """Rows (model, protocol, metric, k, value) of one model and protocol."""
+    return pd.DataFrame([{"model": model, "protocol": protocol, "metric": m, "k": int(k), "value": float(v)}
+                         for (m, k), v in sorted(values.items())])
 
 
-def evaluate_rankers(run_id: str, rankers: dict[str, Ranker], test: pd.DataFrame, item_ids: np.ndarray,
+def evaluate_rankers(rankers: dict[str, Ranker], test: pd.DataFrame, item_ids: np.ndarray,
                      history: dict[int, np.ndarray], ks: list[int], full_ranking: bool, coverage_k: int,
                      log_k: int) -> pd.DataFrame:
-    """``metrics`` rows of every ranker on the test candidates: sampled, and full ranking if asked.
+    """Metric rows of every ranker on the test candidates: sampled, and full ranking if asked.
 
     ``history`` holds each user's fit-scope items, excluded from the full ranking.
     """
@@ -208,10 +209,10 @@ def evaluate_rankers(run_id: str, rankers: dict[str, Ranker], test: pd.DataFrame
     for name, ranker in rankers.items():
         started = time.time()
         sampled = sampled_metrics(ranker_scorer(ranker, item_ids), test, ks)
-        frames.append(metric_rows(run_id, name, "sampled", sampled))
+        frames.append(metric_rows(name, "sampled", sampled))
         if full_ranking:
             full = full_metrics(ranker, item_ids, users, test["item_id"].to_numpy(np.int64), seen, ks,
                                 coverage_k=coverage_k)
-            frames.append(metric_rows(run_id, name, "full", full))
+            frames.append(metric_rows(name, "full", full))
         log.info("evaluate: %s HR@%d %.4f (%.0fs)", name, log_k, sampled[("HR", log_k)], time.time() - started)
     return pd.concat(frames, ignore_index=True)

@@ -1,21 +1,99 @@
-"""Publishing the nightly recommendations: checks on the staged partition, then the swap and the views.
+"""Publishing the nightly recommendations: the checks before, the swap, the views after.
 
-A partition is staged, checked here (every asked-for user has exactly
+Before anything is scored: a ``dt`` that retention would delete right away
+is refused (``check_backfill``), and a newly trained model must pass the
+quality gate against the model behind the latest partition (``quality_gate``).
+The partition is then staged, checked (every asked-for user has exactly
 min(k, candidates left) rows ranked 1..n with scores never rising, only
 candidate items, none the user interacted with), and only then swapped in
 (``tables.publish_partition``); the catalog views follow.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dser_spark import tables
+from dser_spark import models, tables
 from dser_spark.config import Config
+from dser_spark.runs import GateRefused
+
+log = logging.getLogger("dser_spark")
 
 TABLE = "recommendations"
+
+
+class BackfillRefused(ValueError):
+    """The asked-for ``dt`` is older than every partition retention keeps."""
+
+
+def check_backfill(spark: SparkSession, cfg: Config, dt: str) -> None:
+    """Refuse a ``dt`` that retention would delete right after publishing it.
+
+    With ``publish.retain`` partitions newer than ``dt`` already published, a
+    partition for ``dt`` would be the oldest of ``retain + 1`` and go at once.
+    """
+    newer = [p for p in tables.partitions(spark, cfg, TABLE) if p > dt]
+    if len(newer) >= cfg.publish.retain:
+        raise BackfillRefused(
+            f"dt={dt} is older than the {len(newer)} newer published partitions that publish.retain="
+            f"{cfg.publish.retain} keeps (oldest kept: {newer[-cfg.publish.retain]}): it would be deleted right "
+            f"after publishing. Raise publish.retain (e.g. --set publish.retain={len(newer) + 1}) to backfill it.")
+
+
+def latest_partition_model(spark: SparkSession, cfg: Config) -> tuple[str, str] | None:
+    """(dt, model id) of the newest published partition, None before the first."""
+    published = tables.partitions(spark, cfg, TABLE)
+    if not published:
+        return None
+    rows = (spark.read.parquet(tables.partition_uri(cfg, TABLE, published[-1])).select("model_run_id")
+            .distinct().collect())
+    return published[-1], rows[0]["model_run_id"] if rows else ""
+
+
+def model_test_hr(spark: SparkSession, cfg: Config, mid: str) -> float | None:
+    """The test HR@``evaluate.k`` (sampled protocol) recorded in a model's manifest."""
+    found = models.manifest(spark, cfg, mid)
+    return (found or {}).get("test", {}).get(f"sampled HR@{cfg.evaluate.k}")
+
+
+def quality_gate(spark: SparkSession, cfg: Config, mid: str, force: bool) -> str:
+    """Pass model ``mid`` or raise ``GateRefused``; returns what was decided, for the log.
+
+    The gate compares a model that is not the one behind the latest partition
+    with that one: below ``publish.min_quality_ratio`` x its test HR, refused.
+    The first model ever published passes; ``force`` passes anything.
+    """
+    behind = latest_partition_model(spark, cfg)
+    if behind is None:
+        return "quality gate: first publication, nothing to compare with"
+    latest_dt, previous = behind
+    if previous == mid:
+        return f"quality gate: {mid} already serves the latest partition (dt={latest_dt})"
+    if force:
+        return f"quality gate: skipped (--force) for {mid} (latest partition dt={latest_dt} is from {previous})"
+    new, old = model_test_hr(spark, cfg, mid), model_test_hr(spark, cfg, previous)
+    k, ratio = cfg.evaluate.k, cfg.publish.min_quality_ratio
+    if new is None:
+        raise GateRefused(f"quality gate: model {mid} has no test HR@{k} (run `dser-spark evaluate` for it), so it "
+                          f"cannot be compared with {previous} behind dt={latest_dt}; --force publishes anyway")
+    if old is not None and new < ratio * old:
+        raise GateRefused(f"quality gate refused model {mid}: test HR@{k} {new:.4f} < {ratio} x {old:.4f} of {previous} "
+                          f"behind the latest partition dt={latest_dt}; nothing published, latest unchanged; "
+                          f"--force publishes anyway")
+    return (f"quality gate passed: {mid} test HR@{k} {new:.4f} vs {previous} "
+            f"{'(no metrics)' if old is None else f'{old:.4f}'} (ratio >= {ratio})")
+
+
+def published_models(spark: SparkSession, cfg: Config) -> dict[str, str]:
+    """dt -> model id of every retained partition."""
+    if not tables.partitions(spark, cfg, TABLE):
+        return {}
+    rows = spark.read.parquet(tables.table_uri(cfg, TABLE)).select("dt", "model_run_id").distinct().collect()
+    return {str(r["dt"]): r["model_run_id"] for r in rows}
 
 
 def publish_recommendations(spark: SparkSession, cfg: Config, recs: DataFrame, dt: str, targets: DataFrame,
@@ -29,6 +107,7 @@ def publish_recommendations(spark: SparkSession, cfg: Config, recs: DataFrame, d
     items = spark.createDataFrame(pd.DataFrame({"item_id": candidates.astype(np.int32)}))
     checks = [lambda df: check_recommendations(df, targets, items, interactions, rc.k, rc.exclude_seen)]
     location = tables.publish_partition(spark, cfg, recs, TABLE, dt, checks)
+    tables.ensure_registered(spark, cfg, "items")
     tables.register_view(spark, cfg, f"{TABLE}_titled",
                          f"SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.source, r.model_run_id, r.dt "
                          f"FROM {db}.{TABLE} r LEFT JOIN {db}.items i ON r.item_id = i.item_id")

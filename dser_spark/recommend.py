@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -24,9 +24,10 @@ from pyspark.sql import functions as F
 
 from dser_spark import tables
 from dser_spark.artifacts import Trained, load_from_bytes
-from dser_spark.coldstart import inferred_user_parts
+from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import Config, RecommendConfig
 from dser_spark.ids import lookup
+from dser_spark.model import window_means
 from dser_spark.scoring import Kernel, seen_columns, top_k
 
 log = logging.getLogger("dser_spark")
@@ -71,30 +72,48 @@ class Serving:
         self.popular_order = np.lexsort((self.cand_ids, -counts))
         # the share of the model's users who interacted with the item
         self.popular_scores = np.minimum(counts / max(len(trained.user_ids), 1), 1.0).astype(np.float32)
+        self.min_rating = trained.config.implicit.min_rating
         self.vocab = (model.item_out_vectors.abs().sum(1) > 0).numpy()  # items Doc2Vec trained
         self.item_counts = np.maximum(popularity.counts_of(trained.item_ids.astype(np.int64)), 1) * self.vocab
 
     @torch.no_grad()
-    def recommend(self, user_ids: np.ndarray, histories: list[np.ndarray]) -> pd.DataFrame:
-        """Rows (user_id, rank, item_id, score, source) for users with time-ordered item histories."""
+    def recommend(self, user_ids: np.ndarray, histories: list[np.ndarray],
+                  ratings: list[np.ndarray] | None = None) -> pd.DataFrame:
+        """Rows (user_id, rank, item_id, score, source) for users with time-ordered item histories.
+
+        Every item of a history is excluded (``exclude_seen``); the positives
+        among them (``ratings`` at or above the model's ``implicit.min_rating``;
+        all of them without ``ratings``) make each user's state tonight.
+        """
+        positives = histories if ratings is None else [
+            h[r >= self.min_rating] for h, r in zip(histories, ratings)]
         pos, known = lookup(self.trained.user_ids, user_ids)
         unknown = np.flatnonzero(~known)
-        usable = {r: self._model_items(histories[r]) for r in unknown}
+        usable = {r: self._model_items(positives[r]) for r in unknown}
         inferred = np.array([r for r in unknown if len(usable[r])], dtype=np.int64)
         popular = np.array([r for r in unknown if not len(usable[r])], dtype=np.int64)
         frames = [self._popular(user_ids[popular], [histories[r] for r in popular])]
         mine = np.flatnonzero(known)
         if len(mine):
-            idx = torch.from_numpy(pos[mine])
+            idx, mine_pos = pos[mine], [positives[r] for r in mine]
             frames.append(self._scored(user_ids[mine], [histories[r] for r in mine], MODEL,
-                                       lambda rows: self.trained.model.user_part(idx[rows])))
+                                       lambda rows: self.known_user_parts(idx[rows], mine_pos[rows])))
         if len(inferred):
             t = self.trained
-            parts = inferred_user_parts(t.model, [usable[r] for r in inferred], self.item_counts, t.embed, t.seed,
-                                        user_ids[inferred])
+            parts = inferred_user_parts(t.model, [usable[r] for r in inferred], self.item_counts, t.config.embed,
+                                        t.config.seed, user_ids[inferred])
             frames.append(self._scored(user_ids[inferred], [histories[r] for r in inferred], INFERRED,
                                        lambda rows: tuple(p[rows] for p in parts)))
         return pd.concat(frames, ignore_index=True)
+
+    def known_user_parts(self, idx: np.ndarray, positives: list[np.ndarray]) -> tuple[torch.Tensor, ...]:
+        """User parts of the model's users ``idx``: their trained vectors, and the short-term state (the
+        recent windows) computed from tonight's positives, not the ones stored at training time."""
+        model = self.trained.model
+        items = [p[f] for p, f in (lookup(self.trained.item_ids, h) for h in positives)]
+        context = newest_first(items, max(1, int(model.windows.max())))
+        recent = window_means(model.item_vectors, context, model.windows)
+        return model.user_part(torch.from_numpy(np.asarray(idx, dtype=np.int64)), recent)
 
     def _scored(self, user_ids: np.ndarray, histories: list[np.ndarray], source: str,
                 parts: Callable[[slice], tuple[torch.Tensor, ...]]) -> pd.DataFrame:
@@ -171,31 +190,40 @@ def popularity(interactions: DataFrame) -> Popularity:
 
 
 def events(interactions: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame:
-    """(user_id, item_id, t) rows hash-partitioned by user and sorted by (user, time, item) in each
+    """(user_id, item_id, rating, t) rows hash-partitioned by user and sorted by (user, time, item) in each
     partition, so every user's history arrives whole and in order.
 
     With ``users``, only theirs, plus one row without an item per asked user
     (so users without any interaction are still there).
     """
-    rows = interactions.select("user_id", "item_id", F.unix_micros("ts").alias("t"))
+    rows = interactions.select("user_id", "item_id", "rating", F.unix_micros("ts").alias("t"))
     if users is not None:
         users = users.select(F.col("user_id").cast("int")).distinct()
         rows = rows.join(users, "user_id", "left_semi").unionByName(
-            users.select("user_id", F.lit(None).cast("int").alias("item_id"), F.lit(None).cast("long").alias("t")))
+            users.select("user_id", F.lit(None).cast("int").alias("item_id"), F.lit(None).cast("float").alias("rating"),
+                         F.lit(None).cast("long").alias("t")))
     return rows.repartition(partitions, "user_id").sortWithinPartitions("user_id", "t", "item_id")
 
 
-def group_histories(rows: pd.DataFrame) -> tuple[np.ndarray, list[np.ndarray]]:
-    """(user ids, each one's item ids in time order) from ``events`` rows, which come sorted."""
+class Histories(NamedTuple):
+    """Users and their interactions in time order (parallel lists)."""
+
+    user_ids: np.ndarray
+    items: list[np.ndarray]
+    ratings: list[np.ndarray]
+
+
+def group_histories(rows: pd.DataFrame) -> Histories:
+    """Each user's items and ratings in time order, from ``events`` rows (which come sorted)."""
     users = rows["user_id"].to_numpy(np.int64)
     has_item = rows["item_id"].notna().to_numpy()
     user_ids = users[np.r_[True, users[1:] != users[:-1]]] if len(users) else users
     cuts = np.searchsorted(users[has_item], user_ids[1:])
-    return user_ids, np.split(rows["item_id"][has_item].to_numpy(np.int64), cuts)
+    return Histories(user_ids, np.split(rows["item_id"][has_item].to_numpy(np.int64), cuts),
+                     np.split(rows["rating"][has_item].to_numpy(np.float32), cuts))
 
 
-def user_histories(batches: Iterator[pd.DataFrame], min_users: int
-                   ) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+def user_histories(batches: Iterator[pd.DataFrame], min_users: int) -> Iterator[Histories]:
     """``group_histories`` of sorted ``events`` batches, streamed ``min_users`` or more users at a time.
 
     The last user of a batch may go on in the next one, so their rows wait
@@ -239,8 +267,8 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
         ctx = TaskContext.get()
         torch.set_num_threads(max(1, int(ctx.cpus())) if ctx else 1)
         serving = _worker_serving(key, payload, settings)
-        for user_ids, hist in user_histories(batches, 16 * settings.user_block):
-            yield serving.recommend(user_ids, hist)
+        for hist in user_histories(batches, 16 * settings.user_block):
+            yield serving.recommend(*hist)
 
     return events(interactions, users, partitions).mapInPandas(score, RECS_SCHEMA)
 

@@ -53,12 +53,12 @@ def selecting(cfg: Config) -> bool:
 def scopes(cfg: Config) -> list[str]:
     """Fits made per run: the selection fit (if selecting), the evaluation refit, and the serving refit."""
     out = [SELECT] if selecting(cfg) else []
-    return out + ([EVAL, SERVE] if cfg.publish.refit_all else [EVAL])
+    return out + ([EVAL, SERVE] if cfg.train.refit_all else [EVAL])
 
 
 def serving_scope(cfg: Config) -> str:
     """The scope of the model ``recommend`` serves from."""
-    return SERVE if cfg.publish.refit_all else EVAL
+    return SERVE if cfg.train.refit_all else EVAL
 
 
 def validator(trained_ids: tuple[np.ndarray, np.ndarray], cands: pd.DataFrame, k: int):

@@ -14,9 +14,11 @@ catalog never goes through a moment without the table.
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
+from contextvars import ContextVar
 from typing import Callable, Iterable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +29,9 @@ from dser_spark.config import Config
 log = logging.getLogger("dser_spark")
 
 PARTITION = "dt"
+
+# the running stage's record (``runs.StageRecord``): tables note what they read and write into it
+ACTIVITY: ContextVar = ContextVar("dser_table_activity", default=None)
 
 
 class ValidationError(ValueError):
@@ -59,7 +64,12 @@ class _FS:
     def __init__(self, spark: SparkSession, uri: str):
         jvm = spark.sparkContext._jvm
         self._Path = jvm.org.apache.hadoop.fs.Path
-        self.fs = self._Path(uri).getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        self._io = jvm.org.apache.commons.io.IOUtils
+        conf = spark.sparkContext._jsc.hadoopConfiguration()
+        self.fs = self._Path(uri).getFileSystem(conf)
+        self._context = jvm.org.apache.hadoop.fs.FileContext.getFileContext(self._Path(uri).toUri(), conf)
+        self._overwrite = spark.sparkContext._gateway.new_array(jvm.org.apache.hadoop.fs.Options.Rename, 1)
+        self._overwrite[0] = jvm.org.apache.hadoop.fs.Options.Rename.OVERWRITE
 
     def exists(self, uri: str) -> bool:
         return bool(self.fs.exists(self._Path(uri)))
@@ -71,6 +81,10 @@ class _FS:
         if not self.fs.rename(self._Path(src), self._Path(dst)):
             raise OSError(f"could not rename {src} to {dst}")
 
+    def replace(self, src: str, dst: str) -> None:
+        """Rename file ``src`` over ``dst`` in one step (readers see the old or the new file)."""
+        self._context.rename(self._Path(src), self._Path(dst), self._overwrite)
+
     def delete(self, uri: str) -> None:
         self.fs.delete(self._Path(uri), True)
 
@@ -78,6 +92,20 @@ class _FS:
         if not self.exists(uri):
             return []
         return [s.getPath().getName() for s in self.fs.listStatus(self._Path(uri)) if s.isDirectory()]
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        stream = self.fs.create(self._Path(uri), True)
+        try:
+            stream.write(bytearray(data))
+        finally:
+            stream.close()
+
+    def read_bytes(self, uri: str) -> bytes:
+        stream = self.fs.open(self._Path(uri))
+        try:
+            return bytes(self._io.toByteArray(stream))
+        finally:
+            stream.close()
 
 
 def filesystem(spark: SparkSession, cfg: Config) -> _FS:
@@ -162,7 +190,15 @@ def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> s
     staged, schema = _stage(spark, cfg, df, name, ())
     swap_in(spark, cfg, staged, final)
     register_table(spark, cfg, name, schema)
+    _note_written(spark, name, final)
     return final
+
+
+def _note_written(spark: SparkSession, name: str, location: str) -> None:
+    """Tell the running stage's record how many rows ``name`` got (Parquet footers only)."""
+    record = ACTIVITY.get()
+    if record is not None:
+        record.note_written(name, spark.read.parquet(location).count())
 
 
 def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
@@ -170,6 +206,8 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     uri = table_uri(cfg, name)
     if not filesystem(spark, cfg).exists(uri):
         raise FileNotFoundError(f"table '{name}' not found at {uri}: run the stage that writes it first")
+    if ACTIVITY.get() is not None:
+        ACTIVITY.get().note_read(name)
     return spark.read.parquet(uri)
 
 
@@ -196,8 +234,9 @@ def _plain(uri: str) -> str:
 
 
 def _columns(schema: StructType, partitioned: bool) -> list[tuple[str, str]]:
-    cols = [(f.name, f.dataType.simpleString()) for f in schema if f.name != PARTITION]
-    return cols + ([(PARTITION, "string")] if partitioned else [])
+    if not partitioned:
+        return [(f.name, f.dataType.simpleString()) for f in schema]
+    return [(f.name, f.dataType.simpleString()) for f in schema if f.name != PARTITION] + [(PARTITION, "string")]
 
 
 def _registered_as(spark: SparkSession, qualified: str, location: str, columns: list[tuple[str, str]]) -> bool:
@@ -226,6 +265,13 @@ def register_table(spark: SparkSession, cfg: Config, name: str, schema: StructTy
         spark.sql(f"MSCK REPAIR TABLE {qualified}")
 
 
+def ensure_registered(spark: SparkSession, cfg: Config, name: str) -> None:
+    """Register table ``name`` from its files if this session's catalog does not know it yet (another
+    process, or an in-memory catalog, may have written it)."""
+    if not spark.catalog.tableExists(f"{ensure_database(spark, cfg)}.{name}"):
+        register_table(spark, cfg, name, read_table(spark, cfg, name).schema)
+
+
 def register_view(spark: SparkSession, cfg: Config, name: str, select_sql: str) -> None:
     """Create or replace a catalog view ``db.name`` defined by ``select_sql``."""
     db = ensure_database(spark, cfg)
@@ -247,6 +293,7 @@ def publish_partition(spark: SparkSession, cfg: Config, df: DataFrame, name: str
     qualified = f"{cfg.warehouse.database}.{name}"
     spark.sql(f"ALTER TABLE {qualified} ADD IF NOT EXISTS PARTITION ({PARTITION}='{dt}') LOCATION '{final}'")
     spark.sql(f"REFRESH TABLE {qualified}")
+    _note_written(spark, name, final)
     _apply_retention(spark, cfg, name)
     return final
 
@@ -265,6 +312,21 @@ def _apply_retention(spark: SparkSession, cfg: Config, name: str) -> None:
         log.info("retention: removing %s %s=%s", name, PARTITION, old)
         spark.sql(f"ALTER TABLE {qualified} DROP IF EXISTS PARTITION ({PARTITION}='{old}')")
         fs.delete(partition_uri(cfg, name, old))
+
+
+def write_json(spark: SparkSession, cfg: Config, name: str, value: dict) -> str:
+    """Write ``<root>/<name>`` as JSON in one step (a temporary file renamed over it); returns its URI."""
+    fs, final = filesystem(spark, cfg), f"{root_uri(cfg)}/{name}"
+    tmp = f"{final}.{uuid.uuid4().hex[:12]}.tmp"
+    fs.write_bytes(tmp, json.dumps(value, indent=1, sort_keys=True, default=str).encode())
+    fs.replace(tmp, final)
+    return final
+
+
+def read_json(spark: SparkSession, cfg: Config, name: str) -> dict | None:
+    """``<root>/<name>`` parsed, or None when it does not exist."""
+    fs, uri = filesystem(spark, cfg), f"{root_uri(cfg)}/{name}"
+    return json.loads(fs.read_bytes(uri)) if fs.exists(uri) else None
 
 
 def put_directory(spark: SparkSession, cfg: Config, local_dir: str, name: str) -> str:

@@ -285,8 +285,9 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         model.train()
         total, batches = 0.0, range(0, len(users), train_cfg.batch_size)
+        # a bar only on a terminal (disable=None); a log file gets the one line per epoch below
         bar = tqdm(batches, desc=f"{label} epoch {epoch + 1}/{n_epochs}", unit="batch",
-                   disable=not train_cfg.show_progress, leave=False)
+                   disable=None if train_cfg.show_progress else True, leave=False)
         for step, start in enumerate(bar):
             idx = order[start:start + train_cfg.batch_size]
             u, cand = users[idx], items[idx]

@@ -47,12 +47,12 @@ def main() -> int:
     setup_logging()
     root = args.workdir / "ml-1m"
     cfg = load_config(ROOT / "conf" / "ml-1m.yaml", [
-        f"warehouse.root={root}", f"warehouse.metastore={root / 'metastore_db'}", "publish.refit_all=false",
-        "train.select_epochs=false", "train.patience=0", f"train.epochs={args.epochs}",
+        f"warehouse.root={root}", f"warehouse.metastore={root / 'metastore_db'}", "train.refit_all=false",
+        "train.select_epochs=false", "train.patience=0", f"train.epochs={args.epochs}", "train.reuse_model=false",
         f"train.threads={args.threads}", "train.show_progress=false", "evaluate.baselines=[]", *args.extra])
     spark = build_session(cfg)
     try:
-        for stage, output in (("prepare", "interactions"), ("sequences", "train_samples"),
+        for stage, output in (("prepare", "interactions"), ("sequences", "sequences"),
                               ("embed", "item_seq_vectors")):
             if not have(spark, cfg, output):
                 pipeline.run_stage(spark, cfg, stage, DT)

@@ -36,7 +36,7 @@ ML100K = ["evaluate.als_ranks=[32, 64]", "evaluate.als_regs=[0.01, 0.1]", "train
 def overrides(dataset: str, seed: int, workdir: Path, baselines: list[str], extra: list[str]) -> list[str]:
     root = workdir / dataset / f"seed{seed}"
     out = [f"seed={seed}", f"warehouse.root={root}", f"warehouse.metastore={root / 'metastore_db'}",
-           "publish.refit_all=false", "train.show_progress=false",
+           "train.refit_all=false", "train.show_progress=false", "train.reuse_model=false",
            f"evaluate.baselines=[{', '.join(baselines)}]"]
     return out + (ML100K if dataset == "ml-100k" else []) + extra
 
@@ -46,7 +46,7 @@ STAGES = ("prepare", "sequences", "embed", "train", "evaluate")
 
 def run_one(config: Path, sets: list[str], out: Path, first: str = "prepare") -> None:
     """One seed, in this process: the stages ``first`` .. evaluate, timings to ``out``."""
-    from dser_spark import pipeline
+    from dser_spark import pipeline, runs, tables
     from dser_spark.config import load_config
     from dser_spark.logs import setup_logging
     from dser_spark.session import build_session
@@ -60,8 +60,8 @@ def run_one(config: Path, sets: list[str], out: Path, first: str = "prepare") ->
             started = time.time()
             pipeline.run_stage(spark, cfg, stage, dt)
             timings[stage] = time.time() - started
-        metrics = spark.read.parquet(pipeline.tables.table_uri(cfg, "metrics")).toPandas()
-        metrics = metrics[metrics.run_id == pipeline.run_id(cfg, dt)]
+        metrics = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
+        metrics = metrics[metrics.run_id == runs.run_id(cfg, dt)]
         metrics.to_csv(out.with_suffix(".csv"), index=False)
         out.write_text(json.dumps({"timings": timings}))
     finally:

@@ -5,7 +5,7 @@
     python scripts/bench_recommend.py --synthetic 162000 62000 --reps 1
 
 Trains nothing: the DSER model is ``--model DIR`` (a stored artifact, e.g.
-``warehouse/models/<run_id>/serve`` copied locally) or, by default, one with
+``warehouse/models/<model_id>/serve`` copied locally) or, by default, one with
 random weights of the default shapes (GMF 32, Doc2Vec 64 + content 32, MLP
 64-32-16, taste + item bias) over the data's users and items: the scoring cost
 depends on the shapes only. ALS is fit with few iterations (not timed). Timed,
@@ -119,7 +119,7 @@ def ml1m_interactions(spark, cfg: Config):
     try:
         return tables.read_table(spark, cfg, "interactions")
     except FileNotFoundError:
-        pipeline.run_prepare(spark, cfg, "2000-01-01")
+        pipeline.run_stage(spark, cfg, "prepare", "2000-01-01")
         return tables.read_table(spark, cfg, "interactions")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from dser_spark import pipeline, sequences, tables
+from dser_spark import models, pipeline, sequences, tables
 from dser_spark.sequences import EVAL, SELECT, SERVE
 from dser_spark.model import window_means
 from dser_spark.train import epoch_groups
@@ -41,7 +41,7 @@ def warehouse(spark, tmp_path_factory):
     from dser_spark.config import load_config
     cfg = load_config(None, [f"data.path={raw}", "data.format=ml-latest", f"warehouse.root={root / 'wh'}",
                              "embed.epochs=3", "embed.content_epochs=2", "train.epochs=1", "train.show_progress=false",
-                             "recent.windows=[1, 2]", "evaluate.baselines=[ItemPop]", "publish.refit_all=true"])
+                             "recent.windows=[1, 2]", "evaluate.baselines=[ItemPop]", "train.refit_all=true"])
     for stage in ("prepare", "sequences", "embed", "train"):
         pipeline.run_stage(spark, cfg, stage, DT)
     return cfg
@@ -72,7 +72,7 @@ def test_held_out_items_never_reach_a_fit(spark, warehouse, scope):
     assert torch.allclose(data.inputs.recent_vectors, expected)
     # the stored model of this scope (only refits are stored) holds the same inputs
     if scope == EVAL:
-        trained, _ = pipeline.load_model(spark, cfg, DT, scope)
+        trained, _ = models.load(spark, cfg, models.latest(spark, cfg), scope)
         assert torch.count_nonzero(trained.model.item_out_vectors[held_idx]) == 0
         assert torch.allclose(trained.model.recent_vectors, expected)
     # negatives exclude only the fit positives: a user's own held-out item is drawn as a negative

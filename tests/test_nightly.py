@@ -1,4 +1,4 @@
-"""End to end: the nightly job through the command line, on synthetic and real ml-100k."""
+"""End to end: the nightly job through the command line on small data (real ml-100k: test_lifecycle.py)."""
 import csv
 import datetime as dt
 
@@ -86,17 +86,3 @@ def test_single_stages_and_clear_errors(spark, small_movielens, tmp_path, capsys
     assert "interactions" in capsys.readouterr().err
     assert _run("train.epochs=lots", stage="prepare") == 2
     assert "train.epochs" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_nightly_on_real_ml100k(spark, tmp_path, capsys):
-    overrides = [f"warehouse.root={tmp_path / 'wh'}", "train.epochs=1", "train.show_progress=false"]
-    assert _run(*overrides) == 0
-    out = capsys.readouterr().out
-    cfg = load_config("conf/default.yaml", overrides)
-    recs = _check_published(spark, cfg, 943, 10)
-    assert recs.item_id.nunique() > 50  # not one popularity list for everybody
-    m = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
-    hr = m[(m.metric == "HR") & (m.k == 10)].set_index("model")["value"]
-    assert hr["DSER"] > hr["ItemPop"]
-    assert "users scored: 943" in out

@@ -6,8 +6,8 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from dser_spark import pipeline, selection, tables
-from dser_spark.artifacts import Trained, save_artifacts
+from dser_spark import models, pipeline, tables
+from dser_spark.artifacts import Trained
 from dser_spark.config import ModelConfig
 from dser_spark.model import DSER, Inputs
 from dser_spark.publish import check_recommendations
@@ -15,18 +15,18 @@ from dser_spark.publish import check_recommendations
 DAY1, DAY2 = "2026-03-01", "2026-03-02"
 
 
-def _put_model(spark, cfg, dt, tmp_path):
-    """A random serving model over users 1..5 and items 1..12 stored where run_recommend looks."""
-    g = torch.Generator().manual_seed(0)
+def _put_model(spark, cfg, dt, seed=0):
+    """A random serving model over users 1..5 and items 1..12, stored as a complete model for ``dt``."""
+    g = torch.Generator().manual_seed(seed)
     inputs = Inputs(torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g), torch.randn(12, 4, generator=g),
                     torch.randn(12, 4, generator=g), torch.randn(12, 2, generator=g), torch.tensor([2]))
     model = DSER(inputs, ModelConfig(gmf_dim=3, mlp_layers=[4, 2])).eval()
     with torch.no_grad():
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g))
-    local = tmp_path / f"model-{dt}"
-    save_artifacts(Trained(model, np.arange(1, 6), np.arange(1, 13)), cfg, local)
-    tables.put_directory(spark, cfg, str(local), pipeline.model_name(cfg, dt, selection.serving_scope(cfg)))
+    mid = f"dser-test{seed:08d}"
+    models.store(spark, cfg, mid, {"serve": Trained(model, np.arange(1, 6), np.arange(1, 13))}, {"seed": seed}, dt)
+    return mid
 
 
 @pytest.fixture
@@ -39,8 +39,8 @@ def world(spark, make_config, tmp_path):
     items = [(i, f"Title {i}", ["Drama"] if i % 2 else ["Comedy", "Drama"]) for i in range(1, 13)]
     tables.write_table(spark, cfg, spark.createDataFrame(items, "item_id int, title string, genres array<string>"),
                        "items")
-    for dt in (DAY1, DAY2):
-        _put_model(spark, cfg, dt, tmp_path)
+    for seed, dt in enumerate((DAY1, DAY2)):
+        _put_model(spark, cfg, dt, seed)
     return cfg, pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "t"])
 
 
@@ -52,15 +52,16 @@ def _by_path(cfg, dt):
 
 def test_run_recommend_publishes_a_validated_partition_views_and_retention(spark, world):
     cfg, inter = world
-    first = pipeline.run_recommend(spark, cfg, DAY1)
+    first = pipeline.run_stage(spark, cfg, "recommend", DAY1)
     assert first["users"] == 6 and first["sources"] == {"model": 5, "inferred": 1}
     recs = _by_path(cfg, DAY1)
-    assert len(recs) == 6 * 3 and set(recs.model_run_id) == {pipeline.run_id(cfg, DAY1)}
+    assert len(recs) == 6 * 3 and set(recs.model_run_id) == {"dser-test00000000"}  # the model trained for DAY1
     assert not set(zip(recs.user_id, recs.item_id)) & set(zip(inter.user_id, inter.item_id))
     titled = spark.sql("SELECT * FROM dser.recommendations_latest ORDER BY user_id, rank").toPandas()
     assert titled.title.tolist() == [f"Title {i}" for i in recs.item_id] and set(titled.dt) == {DAY1}
 
-    pipeline.run_recommend(spark, cfg, DAY2)  # publish.retain=1: DAY1 goes, from the files and the catalog
+    pipeline.run_stage(spark, cfg, "recommend", DAY2, pipeline.Options(force=True))  # no metrics: past the gate
+    # publish.retain=1: DAY1 goes, from the files and the catalog
     assert tables.partitions(spark, cfg, "recommendations") == [DAY2]
     assert [r[0] for r in spark.sql("SHOW PARTITIONS dser.recommendations").collect()] == [f"dt={DAY2}"]
     assert {r.dt for r in spark.sql("SELECT DISTINCT dt FROM dser.recommendations_latest").collect()} == {DAY2}

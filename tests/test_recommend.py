@@ -7,7 +7,7 @@ import torch
 from dser_spark.artifacts import Trained, model_bytes, save_artifacts
 from dser_spark.coldstart import infer_vectors, vector_user_parts
 from dser_spark.config import Config, EmbedConfig, ModelConfig, RecommendConfig
-from dser_spark.model import DSER, Inputs
+from dser_spark.model import DSER, Inputs, window_means
 from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, candidate_items, group_histories,
                                   id_list, recommend_all, user_histories)
 from dser_spark.scoring import block_top, merge_top
@@ -32,16 +32,27 @@ def _popularity(trained):
     return Popularity(trained.item_ids, (np.arange(N_ITEMS) * 7) % 5)
 
 
-def _brute_force(trained, user_ids, seen, k, items=None):
-    """Reference: the model's forward() on every pair, sorted by (score desc, item id asc)."""
+def _recent(model, item_ids, history):
+    """(W, d) recent windows of one history of item ids, as training computes them (oldest first in)."""
+    idx = np.searchsorted(item_ids, history)[::-1][:int(model.windows.max())]
+    context = torch.full((1, int(model.windows.max())), -1, dtype=torch.long)
+    context[0, :len(idx)] = torch.from_numpy(idx.copy())
+    return window_means(model.item_vectors, context, model.windows)[0]
+
+
+def _brute_force(trained, user_ids, histories, k, items=None, exclude=True):
+    """Reference: the model's forward() on every pair with the recent windows of each user's history,
+    sorted by (score desc, item id asc)."""
     rows = []
     allowed = set(trained.item_ids if items is None else items)
     with torch.no_grad():
-        for uid, s in zip(user_ids, seen):
+        for uid, s in zip(user_ids, histories):
             u = int(np.searchsorted(trained.user_ids, uid))
-            logits = trained.model(torch.full((N_ITEMS,), u), torch.arange(N_ITEMS))
+            recent = _recent(trained.model, trained.item_ids, s).expand(N_ITEMS, -1, -1)
+            logits = trained.model(torch.full((N_ITEMS,), u), torch.arange(N_ITEMS), recent)
+            seen = set(s) if exclude else set()
             order = sorted((-float(v), int(trained.item_ids[j])) for j, v in enumerate(logits)
-                           if trained.item_ids[j] in allowed and trained.item_ids[j] not in set(s))
+                           if trained.item_ids[j] in allowed and trained.item_ids[j] not in seen)
             rows += [(uid, rank, item) for rank, (_, item) in enumerate(order[:k], start=1)]
     return rows
 
@@ -98,7 +109,7 @@ def test_candidate_subset_and_keeping_seen_items():
     items = trained.item_ids[5:40:3]
     serving = Serving(trained, RecommendConfig(k=6, exclude_seen=False, user_block=3), _popularity(trained), items)
     got = serving.recommend(users, seen)
-    assert _triples(got) == _brute_force(trained, users, [[]] * 4, 6, items)
+    assert _triples(got) == _brute_force(trained, users, seen, 6, items, exclude=False)
     assert set(got.item_id) <= set(items)
     assert any(set(got[got.user_id == u].item_id) & set(s) for u, s in zip(users, seen))
 
@@ -146,7 +157,7 @@ def test_infer_vectors_agree_with_gensim_infer_vector():
 def test_cold_users_are_inferred_and_users_without_history_get_the_popular_list():
     trained = _trained(seed=6)
     pop = _popularity(trained)
-    trained.embed = EmbedConfig(epochs=5)  # inference settings travel with the model
+    trained.config = Config(embed=EmbedConfig(epochs=5))  # inference settings travel with the model
     serving = Serving(trained, RecommendConfig(k=4), pop)
     new_history = trained.item_ids[[3, 9, 27]]
     histories = [trained.item_ids[:2], new_history, np.array([], dtype=np.int64),
@@ -167,26 +178,28 @@ def test_cold_users_are_inferred_and_users_without_history_get_the_popular_list(
 
 def test_histories_stream_whole_users_across_batches():
     rows = pd.DataFrame({"user_id": [1, 1, 1, 2, 3, 3, 3, 3, 4, 5, 5],
-                         "item_id": [7, 5, 9, 4, None, 1, 2, 3, None, 8, 6], "t": range(11)})
-    users, hist = group_histories(rows)
+                         "item_id": [7, 5, 9, 4, None, 1, 2, 3, None, 8, 6], "t": range(11),
+                         "rating": [1.0, 2, 3, 4, None, 5, 4, 3, None, 2, 1]})
+    users, hist, ratings = group_histories(rows)
     assert users.tolist() == [1, 2, 3, 4, 5]
     assert [h.tolist() for h in hist] == [[7, 5, 9], [4], [1, 2, 3], [], [8, 6]]
+    assert [r.tolist() for r in ratings] == [[1, 2, 3], [4], [5, 4, 3], [], [2, 1]]
     for size in (1, 2, 3, 5, 11):
         batches = (rows.iloc[i:i + size] for i in range(0, len(rows), size))
         chunks = list(user_histories(batches, min_users=2))
-        assert np.concatenate([u for u, _ in chunks]).tolist() == users.tolist()
-        assert [h.tolist() for _, hs in chunks for h in hs] == [h.tolist() for h in hist]
-        assert all(len(u) >= 2 for u, _ in chunks[:-1])
+        assert np.concatenate([c.user_ids for c in chunks]).tolist() == users.tolist()
+        assert [h.tolist() for c in chunks for h in c.items] == [h.tolist() for h in hist]
+        assert all(len(c.user_ids) >= 2 for c in chunks[:-1])
 
 
 def test_recommend_all_through_spark_matches_in_process(spark, tmp_path):
     trained = _trained(seed=7)
-    trained.embed = EmbedConfig(epochs=3)
-    save_artifacts(trained, Config(embed=trained.embed), tmp_path / "m")
+    trained.config = Config(embed=EmbedConfig(epochs=3))
+    save_artifacts(trained, trained.config, tmp_path / "m")
     rows = [(int(u), int(i), j) for u in [*trained.user_ids, 555] for j, i in
             enumerate(trained.item_ids[int(u) % 7:int(u) % 7 + 3 + int(u) // 40])]
     inter = spark.createDataFrame(rows, "user_id int, item_id int, t int").selectExpr(
-        "user_id", "item_id", "timestamp_seconds(t) AS ts")
+        "user_id", "item_id", "CAST(4 AS FLOAT) AS rating", "timestamp_seconds(t) AS ts")
     settings = RecommendConfig(k=5, user_block=4, partitions=3)
     items = trained.item_ids[::2]
     users = spark.createDataFrame([(int(u),) for u in [10, 40, 90, 555, 999]], "user_id int")
