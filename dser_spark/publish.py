@@ -6,7 +6,7 @@ quality gate against the model behind the latest partition (``quality_gate``).
 The partition is then staged, checked (every asked-for user has exactly
 min(k, candidates left) rows ranked 1..n with scores never rising, only
 candidate items, none the user interacted with), and only then swapped in
-(``tables.publish_partition``); the catalog views follow.
+(``partitioned.publish``: by pointer); the catalog views follow.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from dser_spark import models, tables
+from dser_spark import models, partitioned, tables
 from dser_spark.config import Config
 from dser_spark.runs import GateRefused
 
@@ -36,7 +36,7 @@ def check_backfill(spark: SparkSession, cfg: Config, dt: str) -> None:
     With ``publish.retain`` partitions newer than ``dt`` already published, a
     partition for ``dt`` would be the oldest of ``retain + 1`` and go at once.
     """
-    newer = [p for p in tables.partitions(spark, cfg, TABLE) if p > dt]
+    newer = [p for p in partitioned.partitions(spark, cfg, TABLE) if p > dt]
     if len(newer) >= cfg.publish.retain:
         raise BackfillRefused(
             f"dt={dt} is older than the {len(newer)} newer published partitions that publish.retain="
@@ -46,10 +46,10 @@ def check_backfill(spark: SparkSession, cfg: Config, dt: str) -> None:
 
 def latest_partition_model(spark: SparkSession, cfg: Config) -> tuple[str, str] | None:
     """(dt, model id) of the newest published partition, None before the first."""
-    published = tables.partitions(spark, cfg, TABLE)
+    published = partitioned.partitions(spark, cfg, TABLE)
     if not published:
         return None
-    rows = (spark.read.parquet(tables.partition_uri(cfg, TABLE, published[-1])).select("model_run_id")
+    rows = (spark.read.parquet(partitioned.location(spark, cfg, TABLE, published[-1])).select("model_run_id")
             .distinct().collect())
     return published[-1], rows[0]["model_run_id"] if rows else ""
 
@@ -90,10 +90,10 @@ def quality_gate(spark: SparkSession, cfg: Config, mid: str, force: bool) -> str
 
 def published_models(spark: SparkSession, cfg: Config) -> dict[str, str]:
     """dt -> model id of every retained partition."""
-    if not tables.partitions(spark, cfg, TABLE):
+    published = partitioned.read(spark, cfg, TABLE)
+    if published is None:
         return {}
-    rows = spark.read.parquet(tables.table_uri(cfg, TABLE)).select("dt", "model_run_id").distinct().collect()
-    return {str(r["dt"]): r["model_run_id"] for r in rows}
+    return {r["dt"]: r["model_run_id"] for r in published.select("dt", "model_run_id").distinct().collect()}
 
 
 def publish_recommendations(spark: SparkSession, cfg: Config, recs: DataFrame, dt: str, targets: DataFrame,
@@ -106,12 +106,12 @@ def publish_recommendations(spark: SparkSession, cfg: Config, recs: DataFrame, d
     rc, db = cfg.recommend, cfg.warehouse.database
     items = spark.createDataFrame(pd.DataFrame({"item_id": candidates.astype(np.int32)}))
     checks = [lambda df: check_recommendations(df, targets, items, interactions, rc.k, rc.exclude_seen)]
-    location = tables.publish_partition(spark, cfg, recs, TABLE, dt, checks)
+    location = partitioned.publish(spark, cfg, recs, TABLE, dt, checks)
     tables.ensure_registered(spark, cfg, "items")
     tables.register_view(spark, cfg, f"{TABLE}_titled",
                          f"SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.source, r.model_run_id, r.dt "
                          f"FROM {db}.{TABLE} r LEFT JOIN {db}.items i ON r.item_id = i.item_id")
-    latest = tables.partitions(spark, cfg, TABLE)[-1]
+    latest = partitioned.partitions(spark, cfg, TABLE)[-1]
     tables.register_view(spark, cfg, f"{TABLE}_latest", f"SELECT * FROM {db}.{TABLE}_titled WHERE dt = '{latest}'")
     return location
 

@@ -22,7 +22,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dser_spark import tables
+from dser_spark import faults, tables
 from dser_spark.artifacts import Trained, load_from_bytes
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import Config, RecommendConfig
@@ -268,7 +268,9 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
         torch.set_num_threads(max(1, int(ctx.cpus())) if ctx else 1)
         serving = _worker_serving(key, payload, settings)
         for hist in user_histories(batches, 16 * settings.user_block):
-            yield serving.recommend(*hist)
+            scored = serving.recommend(*hist)
+            faults.maybe_fail("recommend")  # a test hook: fails once, after real work, when asked to
+            yield scored
 
     return events(interactions, users, partitions).mapInPandas(score, RECS_SCHEMA)
 

@@ -98,7 +98,7 @@ def _write(spark: SparkSession, cfg: Config, record: StageRecord, previous: dict
         "tables_read": {name: _rows(spark, cfg, name) for name in sorted(record.read)},
         "tables_written": dict(sorted(record.written.items())),
         **record.details,
-        "package_version": package_version(), "config": cfg.to_dict(),
+        "spark_master": spark.sparkContext.master, "package_version": package_version(), "config": cfg.to_dict(),
     }
     try:
         location = tables.write_json(spark, cfg, record_name(cfg, record.dt, record.stage), body)

@@ -1,16 +1,18 @@
-"""Warehouse tables: Parquet directories under ``warehouse.root``, swapped in whole.
+"""Warehouse tables: Parquet directories under ``warehouse.root``, and the filesystem and catalog under them.
 
-Every write goes to a staging directory (``<root>/_staging``, outside every
-table) and is renamed into place only when complete and validated, so a failed
-or killed run never leaves a half-written table or partition, and path-based
-readers (Spark, DuckDB, pyarrow) never see staged files. Replacing an existing
-directory takes two renames (old one aside into ``<root>/_trash``, new one in);
-a run killed between them is undone by the next swap of the same path.
+Every path is a URI handled through the Hadoop FileSystem API (``file://``,
+``hdfs://``, ``s3a://`` alike). A table write goes to a staging directory
+(``<root>/_staging``, outside every table) and is renamed into place only when
+complete, so a failed or killed run never leaves a half-written table, and
+path readers never see staged files. Replacing an existing directory takes two
+renames (old one aside into ``<root>/_trash``, new one in); a run killed between
+them is undone by the next swap of the same path. (Renames are atomic on local
+disks and HDFS; the published, ``dt``-partitioned tables do not rely on them:
+see ``partitioned``.)
 
-Each table is also registered in the Spark catalog database (``dser``):
-created once, re-created only when its schema or location changes, and for
-partitioned tables each partition is added or dropped on its own, so the
-catalog never goes through a moment without the table.
+Each table is also registered in the Spark catalog database (``dser``, created
+at ``warehouse.root``): created once, re-created only when its schema or
+location changes, so the catalog never goes through a moment without the table.
 """
 from __future__ import annotations
 
@@ -53,12 +55,7 @@ def table_uri(cfg: Config, name: str) -> str:
     return f"{root_uri(cfg)}/{name}"
 
 
-def partition_uri(cfg: Config, name: str, dt: str) -> str:
-    """Location of partition ``dt`` of table ``name``."""
-    return f"{table_uri(cfg, name)}/{PARTITION}={dt}"
-
-
-class _FS:
+class HadoopFS:
     """Thin wrapper over the Hadoop FileSystem of a URI (local, hdfs, s3a, ...)."""
 
     def __init__(self, spark: SparkSession, uri: str):
@@ -107,10 +104,39 @@ class _FS:
         finally:
             stream.close()
 
+    def is_dir(self, uri: str) -> bool:
+        """Whether ``uri`` is an existing directory."""
+        path = self._Path(uri)
+        return bool(self.fs.exists(path) and self.fs.getFileStatus(path).isDirectory())
 
-def filesystem(spark: SparkSession, cfg: Config) -> _FS:
+    def list_files(self, uri: str) -> dict[str, int]:
+        """Name -> size in bytes of each file directly in directory ``uri``."""
+        return {s.getPath().getName(): int(s.getLen())
+                for s in self.fs.listStatus(self._Path(uri)) if s.isFile()}
+
+    def read_first_line(self, uri: str, limit: int, chunk: int = 1 << 16) -> bytes:
+        """Line 1 of file ``uri`` with its ``\\n`` (at most ``limit`` bytes); the rest is not read."""
+        stream = self.fs.open(self._Path(uri))
+        try:
+            head = b""
+            while b"\n" not in head and len(head) < limit:
+                data = bytes(stream.readNBytes(min(chunk, limit - len(head))))
+                if not data:
+                    break
+                head += data
+        finally:
+            stream.close()
+        end = head.find(b"\n")
+        return head[:end + 1] if end >= 0 else head
+
+    def copy_from_local(self, local_path: str, uri: str) -> None:
+        """Copy a file of the driver's disk to ``uri`` (overwriting it)."""
+        self.fs.copyFromLocalFile(False, True, self._Path(f"file://{local_path}"), self._Path(uri))
+
+
+def filesystem(spark: SparkSession, cfg: Config) -> HadoopFS:
     """The Hadoop FileSystem holding the warehouse."""
-    return _FS(spark, root_uri(cfg))
+    return HadoopFS(spark, root_uri(cfg))
 
 
 def _staging_root(cfg: Config) -> str:
@@ -122,7 +148,7 @@ def staging_uri(cfg: Config, name: str) -> str:
     return f"{_staging_root(cfg)}/{name}-{uuid.uuid4().hex[:12]}"
 
 
-def _clear_staging(fs: _FS, cfg: Config, name: str) -> None:
+def _clear_staging(fs: HadoopFS, cfg: Config, name: str) -> None:
     """Remove staging leftovers of earlier killed writes of ``name``."""
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{12}$")
     for entry in fs.list_dirs(_staging_root(cfg)):
@@ -135,7 +161,7 @@ def _trash_dir(cfg: Config, final: str) -> str:
     return f"{root_uri(cfg)}/_trash/{final[len(root_uri(cfg)) + 1:]}"
 
 
-def restore_interrupted(fs: _FS, cfg: Config, final: str) -> None:
+def restore_interrupted(fs: HadoopFS, cfg: Config, final: str) -> None:
     """Undo swaps of ``final`` (or of its partitions) killed between their two renames.
 
     The previous version waits in the trash: put it back where the new one never arrived.
@@ -224,7 +250,7 @@ def ensure_database(spark: SparkSession, cfg: Config) -> str:
     """Create the catalog database once; returns its name."""
     db = cfg.warehouse.database
     if not spark.catalog.databaseExists(db):
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {db}")
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION '{root_uri(cfg)}'")
     return db
 
 
@@ -261,8 +287,6 @@ def register_table(spark: SparkSession, cfg: Config, name: str, schema: StructTy
     spark.sql(f"DROP TABLE IF EXISTS {qualified}")
     spark.sql(f"CREATE TABLE {qualified} ({ddl}) USING parquet "
               f"{f'PARTITIONED BY ({PARTITION}) ' if partitioned else ''}LOCATION '{location}'")
-    if partitioned:
-        spark.sql(f"MSCK REPAIR TABLE {qualified}")
 
 
 def ensure_registered(spark: SparkSession, cfg: Config, name: str) -> None:
@@ -276,42 +300,6 @@ def register_view(spark: SparkSession, cfg: Config, name: str, select_sql: str) 
     """Create or replace a catalog view ``db.name`` defined by ``select_sql``."""
     db = ensure_database(spark, cfg)
     spark.sql(f"CREATE OR REPLACE VIEW {db}.{name} AS {select_sql}")
-
-
-def publish_partition(spark: SparkSession, cfg: Config, df: DataFrame, name: str, dt: str,
-                      validate: Iterable[Callable[[DataFrame], None]] = ()) -> str:
-    """Publish ``df`` as partition ``dt`` of table ``name``: stage, validate, swap, register, retain.
-
-    ``validate`` holds callables taking the staged DataFrame; any exception
-    they raise aborts the publish and leaves every published partition as it was.
-    """
-    restore_interrupted(filesystem(spark, cfg), cfg, table_uri(cfg, name))
-    staged, schema = _stage(spark, cfg, df, f"{name}-{PARTITION}={dt}", validate)
-    final = partition_uri(cfg, name, dt)
-    swap_in(spark, cfg, staged, final)
-    register_table(spark, cfg, name, schema, partitioned=True)
-    qualified = f"{cfg.warehouse.database}.{name}"
-    spark.sql(f"ALTER TABLE {qualified} ADD IF NOT EXISTS PARTITION ({PARTITION}='{dt}') LOCATION '{final}'")
-    spark.sql(f"REFRESH TABLE {qualified}")
-    _note_written(spark, name, final)
-    _apply_retention(spark, cfg, name)
-    return final
-
-
-def partitions(spark: SparkSession, cfg: Config, name: str) -> list[str]:
-    """The ``dt`` values published for ``name``, oldest first."""
-    dirs = filesystem(spark, cfg).list_dirs(table_uri(cfg, name))
-    return sorted(d.split("=", 1)[1] for d in dirs if d.startswith(f"{PARTITION}="))
-
-
-def _apply_retention(spark: SparkSession, cfg: Config, name: str) -> None:
-    """Drop all but the newest ``publish.retain`` partitions: from the catalog first, then the files."""
-    fs, qualified = filesystem(spark, cfg), f"{cfg.warehouse.database}.{name}"
-    published = partitions(spark, cfg, name)
-    for old in published[: max(0, len(published) - cfg.publish.retain)]:
-        log.info("retention: removing %s %s=%s", name, PARTITION, old)
-        spark.sql(f"ALTER TABLE {qualified} DROP IF EXISTS PARTITION ({PARTITION}='{old}')")
-        fs.delete(partition_uri(cfg, name, old))
 
 
 def write_json(spark: SparkSession, cfg: Config, name: str, value: dict) -> str:

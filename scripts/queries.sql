@@ -3,14 +3,17 @@
 -- Spark SQL (catalog database dser; values come from -d):
 --   spark-sql --database dser -d dt=2026-11-25 -d prev_dt=2026-11-24 -d user_id=1 -f scripts/queries.sql
 -- DuckDB over the Parquet files (no metastore: works while a nightly run holds it): run the
--- setup below once (replace ${warehouse} by the warehouse root), then any query with the
+-- setup below (replace ${warehouse} by the warehouse root); it reads the table's manifest of
+-- complete partitions (recommendations/_published.json), so a night being written is never
+-- read; run it again to see a night published later. Then any query with the
 -- ${...} values filled in. Every query is the same text in both engines except als_layout,
 -- whose DuckDB spelling is below; tests/test_queries.py runs them all in both and checks
 -- that they agree.
 --
 -- duckdb setup begin
 --   CREATE SCHEMA IF NOT EXISTS dser;
---   CREATE OR REPLACE VIEW dser.recommendations AS SELECT * FROM read_parquet('${warehouse}/recommendations/*/*.parquet', hive_partitioning = true, hive_types_autocast = false);
+--   SET VARIABLE recommendation_files = (SELECT list('${warehouse}/recommendations/' || p.path || '/*.parquet') FROM (SELECT unnest(partitions) AS p FROM read_json_auto('${warehouse}/recommendations/_published.json')));
+--   CREATE OR REPLACE VIEW dser.recommendations AS SELECT * FROM read_parquet(getvariable('recommendation_files'), hive_partitioning = true, hive_types_autocast = false);
 --   CREATE OR REPLACE VIEW dser.items AS SELECT * FROM read_parquet('${warehouse}/items/*.parquet');
 --   CREATE OR REPLACE MACRO explode(x) AS unnest(x);
 -- duckdb setup end

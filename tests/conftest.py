@@ -34,3 +34,11 @@ def make_config(tmp_path: Path):
                                   "train.show_progress=false", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="session")
+def ml100k_nightlies(spark, tmp_path_factory):
+    """The real ml-100k nightly, in this session and on local-cluster with a packed env (tests/nightlies.py)."""
+    from nightlies import run
+
+    return run(spark, tmp_path_factory.mktemp("ml100k"))

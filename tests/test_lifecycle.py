@@ -1,12 +1,12 @@
 """Operating it every night, on the real ml-100k: models that outlive serving changes and nights, run
 records, quiet logs, --model, --from-stage, backfills, model retention and the quality gate.
 
-One nightly runs as a scheduler would start it (a subprocess, stderr to a file); the tests then drive
-single stages through the command line on that warehouse, in the order a platform team would.
+The nightly ran as a scheduler starts it: spark-submit on a local cluster, output to files
+(tests/nightlies.py). The tests drive single stages through the command line on a copy of its warehouse,
+in the order a platform team would.
 """
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,43 +14,40 @@ import pandas as pd
 import pytest
 import torch
 
-from dser_spark import cli, models, publish, runs, tables
+from dser_spark import cli, models, partitioned, publish, runs, tables
 from dser_spark.coldstart import newest_first
 from dser_spark.config import load_config
 from dser_spark.model import window_means
 from dser_spark.recommend import Popularity, Serving
+from nightlies import CONFIG, DT as D0, SETS
 
 pytestmark = pytest.mark.slow
-REPO = Path(__file__).resolve().parents[1]
-D0, D1, D2, D3, D4 = "2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"
-LIGHT = ["evaluate.baselines=[ItemPop]", "spark.conf.spark.driver.memory=2g"]
+D1, D2, D3, D4 = "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"
 
 
 @pytest.fixture(scope="module")
-def nightly(spark, tmp_path_factory):
-    """README command 1's nightly on ml-100k (ItemPop the only baseline), started like cron does: stderr is a
-    log file."""
-    root = tmp_path_factory.mktemp("lifecycle")
-    sets = [f"warehouse.root={root / 'wh'}", *LIGHT]
-    log = root / "nightly.log"
-    with open(log, "w") as err:
-        done = subprocess.run([sys.executable, "-m", "dser_spark.cli", "nightly", "--dt", D0,
-                               *[a for s in sets for a in ("--set", s)]],
-                              cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, timeout=900)
-    assert done.returncode == 0, log.read_text()[-3000:]
-    return {"sets": sets, "cfg": load_config(REPO / "conf" / "default.yaml", sets), "log": log.read_text(),
-            "out": done.stdout}
+def nightly(ml100k_nightlies, tmp_path_factory):
+    """A copy of the cluster nightly's warehouse (its own metastore left behind: this session has one)."""
+    run = ml100k_nightlies
+    assert run.returncode == 0, run.stderr[-3000:] + run.stdout[-3000:]
+    root = tmp_path_factory.mktemp("lifecycle") / "wh"
+    shutil.copytree(tables.root_uri(run.cluster).removeprefix("file://"), root,
+                    ignore=shutil.ignore_patterns("metastore_db", "spark-warehouse"))
+    sets = [f"warehouse.root={root}", *SETS]
+    return {"sets": sets, "cfg": load_config(CONFIG, sets), "log": run.stdout, "spark_log": run.stderr,
+            "out": run.stdout}
 
 
 def _run(nightly, *args, stage="recommend", dt=D1, extra=()):
-    argv = [stage, "--config", str(REPO / "conf" / "default.yaml"), "--dt", dt, *args]
+    argv = [stage, "--config", str(CONFIG), "--dt", dt, *args]
     for s in [*nightly["sets"], *extra]:
         argv += ["--set", s]
     return cli.main(argv)
 
 
 def _partition(nightly, dt):
-    return pd.read_parquet(Path(tables.partition_uri(nightly["cfg"], "recommendations", dt).removeprefix("file://")))
+    table = tables.table_uri(nightly["cfg"], "recommendations").removeprefix("file://")
+    return pd.concat([pd.read_parquet(f) for f in partitioned.published_files(table)[dt]], ignore_index=True)
 
 
 def test_the_nightly_publishes_prints_its_model_and_leaves_run_records(spark, nightly):
@@ -64,9 +61,11 @@ def test_the_nightly_publishes_prints_its_model_and_leaves_run_records(spark, ni
         assert mine["rank"].tolist() == list(range(1, 11)) and (np.diff(mine.score) <= 0).all()
     mid = models.latest(spark, cfg)
     assert set(recs.model_run_id) == {mid} and f"model: {mid}" in out and "users scored: 943" in out
-    hr = {line.split()[0]: float(line.split()[2]) for line in out.splitlines() if "HR@10" in line}
+    hr = {line.split()[0]: float(line.split()[2]) for line in out.splitlines()
+          if line.startswith("  ") and "HR@10" in line}  # the summary's lines
     assert hr["DSER"] > hr["ItemPop"] + 0.2
-    record_dir = Path(out.split("run records:")[1].split()[0].removeprefix("file://"))
+    assert "run records:" in out
+    (record_dir,) = (Path(tables.root_uri(cfg).removeprefix("file://")) / "runs").iterdir()
     records = {p.stem: json.loads(p.read_text()) for p in record_dir.glob("*.json")}
     assert set(records) == {"prepare", "sequences", "embed", "train", "evaluate", "recommend"}
     assert all(r["status"] == "ok" and r["ended"] >= r["started"] and r["package_version"] for r in records.values())
@@ -84,7 +83,7 @@ def test_the_nightly_publishes_prints_its_model_and_leaves_run_records(spark, ni
 
 def test_logs_written_to_a_file_have_no_progress_bars(nightly):
     log = nightly["log"]
-    assert "\r" not in log
+    assert "\r" not in log and "\r" not in nightly["spark_log"]
     assert "DSER[select] epoch 1/5: loss" in log and "DSER[serve] epoch 1/" in log
 
 
@@ -145,11 +144,10 @@ def test_the_gate_refuses_a_worse_model_until_forced_and_model_names_one(spark, 
     bad = models.latest(spark, cfg)
     assert bad != good
     assert publish.model_test_hr(spark, cfg, bad) < 0.95 * publish.model_test_hr(spark, cfg, good)
-    before = tables.partitions(spark, cfg, "recommendations")
+    before = partitioned.partitions(spark, cfg, "recommendations")
     assert _run(nightly, dt=D2) == 3  # the model trained for D2 is refused
-    assert tables.partitions(spark, cfg, "recommendations") == before
-    refused = tables.read_json(spark, cfg, runs.record_name(load_config(REPO / "conf" / "default.yaml",
-                                                                         nightly["sets"]), D2, "recommend"))
+    assert partitioned.partitions(spark, cfg, "recommendations") == before
+    refused = tables.read_json(spark, cfg, runs.record_name(load_config(CONFIG, nightly["sets"]), D2, "recommend"))
     assert refused["status"] == "refused" and f"{bad}" in refused["error"]
     assert _run(nightly, "--model", good, dt=D2) == 0  # --model wins over the model trained for D2
     assert set(_partition(nightly, D2).model_run_id) == {good}
@@ -184,11 +182,11 @@ def test_from_stage_resumes_without_redoing_earlier_stages(spark, nightly, tmp_p
 
 def test_backfill_window_is_checked_before_any_work(spark, nightly, capsys):
     cfg = nightly["cfg"]
-    assert tables.partitions(spark, cfg, "recommendations") == [D0, D1, D2, D3, D4]
+    assert partitioned.partitions(spark, cfg, "recommendations") == [D0, D1, D2, D3, D4]
     # publish.retain=3: 3 partitions newer than D1 -> refused up front; D2 has only 2 newer -> allowed
     assert _run(nightly, dt=D1, extra=["publish.retain=3"]) == 2
     assert "older than the 3 newer published partitions" in capsys.readouterr().err
     assert _run(nightly, stage="nightly", dt=D1, extra=["publish.retain=3"]) == 2
-    assert tables.partitions(spark, cfg, "recommendations") == [D0, D1, D2, D3, D4]
+    assert partitioned.partitions(spark, cfg, "recommendations") == [D0, D1, D2, D3, D4]
     assert _run(nightly, "--force", dt=D2, extra=["publish.retain=3"]) == 0
-    assert tables.partitions(spark, cfg, "recommendations") == [D2, D3, D4]
+    assert partitioned.partitions(spark, cfg, "recommendations") == [D2, D3, D4]

@@ -163,21 +163,36 @@ def test_worker_count_does_not_change_bytes(tmp_path):
     assert _digest(a) == _digest(b)
 
 
-@pytest.mark.parametrize("method", ["spawn", "forkserver"])
-def test_start_method_does_not_change_blocks(method):
-    # fork is the default (above); the package's worker also runs under the
-    # start methods that import it afresh and pickle the world.
-    import multiprocessing as mp
-    if method not in mp.get_all_start_methods():
-        pytest.skip(f"no {method} here")
-    w = ms.build_world(ms.BLOCK_USERS + 100, 200, 6 * (ms.BLOCK_USERS + 100),
-                       seed=5)
+SPAWN_CHECK = """
+import sys
+import numpy as np
+from dser_spark import synthetic as ms
+
+if __name__ == "__main__":
+    w = ms.build_world(ms.BLOCK_USERS + 100, 200, 6 * (ms.BLOCK_USERS + 100), seed=5)
     serial = list(ms._iter_blocks(w, 1))
-    parallel = list(ms._iter_blocks(w, 2, method))
+    parallel = list(ms._iter_blocks(w, 2, sys.argv[1]))
     assert len(serial) == len(parallel) == 2
     for a, b in zip(serial, parallel):
-        assert a.keys() == b.keys()
-        assert all(np.array_equal(a[k], b[k]) for k in a)
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    print("same blocks")
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_start_method_does_not_change_blocks(method, tmp_path):
+    # fork is the default (above); the package's worker also runs under the start methods that import it
+    # afresh and pickle the world. They re-import the caller's main module, so the check runs as a script
+    # of its own (not inside pytest, whose process holds a Spark JVM and its threads).
+    import multiprocessing as mp
+    import subprocess
+    import sys
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"no {method} here")
+    script = tmp_path / "check.py"
+    script.write_text(SPAWN_CHECK)
+    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "same blocks" in done.stdout, done.stderr[-2000:]
 
 
 def test_rejects_impossible_sizes(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dser_spark import cli, tables
+from dser_spark import cli, partitioned, tables
 from dser_spark.config import load_config
 
 DT = "2026-11-25"
@@ -43,7 +43,7 @@ def _run(*overrides, stage="nightly"):
 
 
 def _check_published(spark, cfg, n_users, k):
-    recs = spark.read.parquet(tables.table_uri(cfg, "recommendations") + f"/dt={DT}").toPandas()
+    recs = spark.read.parquet(partitioned.location(spark, cfg, "recommendations", DT)).toPandas()
     inter = spark.read.parquet(tables.table_uri(cfg, "interactions")).toPandas()
     assert recs.user_id.nunique() == n_users
     assert len(recs) == n_users * k  # every user has at least k unseen items here

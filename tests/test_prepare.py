@@ -4,18 +4,19 @@ from __future__ import annotations
 import csv
 import importlib.util
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from pyspark.sql import functions as F
 
-from dser_spark.config import DataConfig
+from dser_spark.config import DataConfig, load_config
 from dser_spark.prepare import (
     BAD_ID, BAD_ITEM, BAD_TIMESTAMP, BAD_USER, DUPLICATE, DUPLICATE_ID, MISSING_FIELD,
     NON_NUMERIC_RATING, RATING_RANGE, UNKNOWN_ITEM, DataError, Prepared, bad_list, detect_format,
-    malformed, prepare, resolve_data_path,
+    malformed, open_source_dir, prepare, stage_builtin, wheel_directory,
 )
+from dser_spark.tables import root_uri
 
 # ------------------------------------------------------------------ helpers
 
@@ -36,8 +37,12 @@ def csv_lines(rows: list[list]) -> list[str]:
     return out.getvalue().rstrip("\n").split("\n")
 
 
-def run(spark, path: Path, fmt: str, max_reject: float = 1.0) -> Prepared:
-    return prepare(spark, DataConfig(format=fmt, path=str(path), max_reject_fraction=max_reject))
+DEFAULTS = load_config()  # only builtin: data touches the warehouse, and those tests bring their own
+
+
+def run(spark, path: Path | str, fmt: str, max_reject: float = 1.0) -> Prepared:
+    data = DataConfig(format=fmt, path=str(path), max_reject_fraction=max_reject)
+    return prepare(spark, replace(DEFAULTS, data=data))
 
 
 @dataclass
@@ -67,6 +72,17 @@ def items(prepared: Prepared) -> dict[int, dict]:
 def user_ids_by_raw(prepared: Prepared, raw_by_ts: dict[int, str]) -> dict[str, int]:
     """Raw user id -> ``user_id`` in interactions, matched through each rating's unique timestamp."""
     return {raw_by_ts[ts]: user for user, _, _, ts in interactions(prepared)}
+
+
+def scanned_files(prepared: Prepared) -> set[str]:
+    """The files Spark reads for ``interactions`` (the file relations of its analyzed plan)."""
+    leaves = prepared.interactions._jdf.queryExecution().analyzed().collectLeaves()
+    files = set()
+    for leaf in (leaves.apply(i) for i in range(leaves.size())):
+        if leaf.getClass().getSimpleName() == "LogicalRelation":
+            paths = leaf.relation().location().rootPaths()
+            files |= {paths.apply(i).toString() for i in range(paths.size())}
+    return files
 
 
 def rejected(prepared: Prepared) -> list[tuple]:
@@ -405,7 +421,7 @@ def test_unterminated_csv_quote_names_line(spark, tmp_path):
 
 
 def test_resolve_builtin_finds_wheel_data():
-    path = resolve_data_path("builtin:ml-100k")
+    path = wheel_directory("builtin:ml-100k")
     assert path.name == "ml-100k" and (path / "ml-100k.inter").is_file()
     assert path.parent.parent.name == "recbole"
 
@@ -415,14 +431,14 @@ def test_resolve_builtin_finds_wheel_data():
 def test_resolve_builtin_missing_wheel(monkeypatch, name, hint):
     monkeypatch.setattr(importlib.util, "find_spec", lambda _name: None)
     with pytest.raises(DataError, match=hint.replace(".", r"\.")):
-        resolve_data_path(f"builtin:{name}")
+        wheel_directory(f"builtin:{name}")
 
 
-def test_resolve_unknown_builtin_and_missing_dir(tmp_path):
+def test_resolve_unknown_builtin_and_missing_dir(spark, tmp_path):
     with pytest.raises(DataError, match="unknown built-in data set"):
-        resolve_data_path("builtin:ml-7")
+        wheel_directory("builtin:ml-7")
     with pytest.raises(DataError, match="no such directory"):
-        resolve_data_path(str(tmp_path / "nope"))
+        open_source_dir(spark, str(tmp_path / "nope"))
 
 
 @pytest.mark.parametrize("files, fmt", [
@@ -430,22 +446,63 @@ def test_resolve_unknown_builtin_and_missing_dir(tmp_path):
     (["ratings.dat", "movies.dat"], "ml-1m"), (["ratings.csv", "movies.csv", "links.csv"], "ml-latest"),
     (["ratings_small.csv", "movies_metadata.csv", "links_small.csv"], "kaggle"),
 ])
-def test_detect_format(tmp_path, files, fmt):
+def test_detect_format(spark, tmp_path, files, fmt):
     for name in files:
         (tmp_path / name).write_text("x\n")
-    assert detect_format(tmp_path) == fmt
+    assert detect_format(open_source_dir(spark, str(tmp_path))) == fmt
 
 
-def test_detect_format_ambiguous_or_unknown_lists_files(tmp_path):
+def test_detect_format_ambiguous_or_unknown_lists_files(spark, tmp_path):
     (tmp_path / "u.data").write_text("x\n")
     (tmp_path / "ratings.dat").write_text("x\n")
     with pytest.raises(DataError, match=r"ambiguous, it matches ml-100k, ml-1m.*found: ratings\.dat, u\.data"):
-        detect_format(tmp_path)
+        detect_format(open_source_dir(spark, str(tmp_path)))
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("x\n")
     with pytest.raises(DataError, match=r"no known MovieLens layout .*found: notes\.txt"):
-        detect_format(other)
+        detect_format(open_source_dir(spark, str(other)))
+
+
+def test_file_uri_and_relative_path_read_like_the_absolute_path(spark, tmp_path, monkeypatch):
+    d = tmp_path / "data" / "ml-1m"
+    write(d, "ratings.dat", ["1::1193::5::978300760", "1::661::x::978302109", "2::661::3::978302109"])
+    write(d, "movies.dat", ["1193::A (1975)::Drama", "661::B (1993)::Comedy"])
+    expected = collect(run(spark, d, "ml-1m"))
+    assert expected.interactions == [(1, 1193, 5.0, 978300760), (2, 661, 3.0, 978302109)]
+    assert expected.rejected == [("ratings.dat", 2, "1::661::x::978302109", NON_NUMERIC_RATING)]
+    assert expected.prepared.summary["path"] == f"file://{d}"
+    assert scanned_files(expected.prepared) == {f"file:{d}/ratings.dat"}
+    monkeypatch.chdir(tmp_path)
+    for path in (d.as_uri(), f"file:{d}", "data/ml-1m", "./data/ml-1m/"):
+        got = collect(run(spark, path, "auto"))
+        assert (got.interactions, got.rejected, got.items) == (
+            expected.interactions, expected.rejected, expected.items), path
+        assert got.prepared.summary["path"].rstrip("/") == f"file://{d}", path
+        assert scanned_files(got.prepared) == {f"file:{d}/ratings.dat"}, path
+
+
+def test_data_path_missing_or_not_a_directory(spark, tmp_path, monkeypatch):
+    with pytest.raises(DataError, match=r"data\.path '.*/nope': no such directory"):
+        run(spark, tmp_path / "nope", "auto")
+    with pytest.raises(DataError, match=r"data\.path 'file:///.*/nope': no such directory"):
+        run(spark, (tmp_path / "nope").as_uri(), "auto")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=rf"data\.path 'nope' \(file://{tmp_path}/nope\): no such directory"):
+        run(spark, "nope", "auto")
+    ratings = write(tmp_path, "ratings.csv", ["userId,movieId,rating,timestamp", "1,1,4,5"])
+    with pytest.raises(DataError, match=r"data\.path '.*/ratings\.csv': not a directory"):
+        run(spark, ratings, "ml-latest")
+
+
+def test_first_line_stops_at_the_newline_or_one_mib(spark, tmp_path):
+    long_line = "x" * 100_000  # longer than one read chunk
+    write(tmp_path, "long.txt", [long_line, "second"], eol="\r\n")
+    (tmp_path / "endless.txt").write_bytes(b"y" * (3 << 20))
+    source = open_source_dir(spark, str(tmp_path))
+    assert source.file("long.txt").read_first_line() == (long_line + "\r\n").encode()
+    assert source.file("endless.txt").read_first_line() == b"y" * (1 << 20)
+    assert source.file("endless.txt").size == 3 << 20 and source.file("missing.txt") is None
 
 
 def test_auto_format_prepares(spark, tmp_path):
@@ -460,8 +517,8 @@ def test_auto_format_prepares(spark, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_ml100k_from_the_recbole_wheel(spark):
-    p = prepare(spark, DataConfig(format="recbole", path="builtin:ml-100k"))
+def test_real_ml100k_from_the_recbole_wheel(spark, make_config):
+    p = prepare(spark, replace(make_config(), data=DataConfig(format="recbole", path="builtin:ml-100k")))
     assert p.interactions.count() == 100000
     assert p.interactions.select("user_id").distinct().count() == 943
     assert p.items.count() == 1682
@@ -469,3 +526,29 @@ def test_real_ml100k_from_the_recbole_wheel(spark):
     toy = p.items.filter("item_id = 1").first()
     assert (toy["title"], toy["year"], toy["genres"]) == ("Toy Story", 1995, ["Animation", "Children's", "Comedy"])
     p.unpersist()
+
+
+@pytest.mark.slow
+def test_builtin_is_staged_to_the_warehouse_once_and_read_from_there(spark, make_config):
+    cfg = replace(make_config(), data=DataConfig(format="auto", path="builtin:ml-100k"))
+    staged_uri = f"{root_uri(cfg)}/_sources/builtin-ml-100k"
+    staged = Path(staged_uri.removeprefix("file://"))
+    wheel = wheel_directory("builtin:ml-100k")
+    p = prepare(spark, cfg)
+    assert (p.summary["path"], p.summary["format"], p.summary["interactions"]) == (staged_uri, "recbole", 100000)
+    assert p.interactions.count() == 100000
+    assert scanned_files(p) == {f"file:{staged}/ml-100k.inter"}  # not the wheel's copy
+    p.unpersist()
+    assert sorted(f.name for f in staged.iterdir() if not f.name.startswith(".")) == [
+        "ml-100k.inter", "ml-100k.item"]  # not the .user, .kg, .link files prepare does not read
+    assert (staged / "ml-100k.inter").read_bytes() == (wheel / "ml-100k.inter").read_bytes()
+    copied_at = (staged / "ml-100k.inter").stat().st_mtime_ns
+    again = prepare(spark, cfg)
+    assert again.summary["interactions"] == 100000
+    again.unpersist()
+    assert (staged / "ml-100k.inter").stat().st_mtime_ns == copied_at  # not copied again
+    # a staged file of the wrong size (a copy killed half-way) is copied again, whole
+    (staged / "ml-100k.item").write_bytes(b"item_id:token\n")
+    assert stage_builtin(spark, cfg, "builtin:ml-100k") == staged_uri
+    assert (staged / "ml-100k.item").read_bytes() == (wheel / "ml-100k.item").read_bytes()
+    assert not Path(f"{staged}.partial").exists()

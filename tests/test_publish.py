@@ -6,7 +6,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from dser_spark import models, pipeline, tables
+from dser_spark import models, partitioned, pipeline, tables
 from dser_spark.artifacts import Trained
 from dser_spark.config import ModelConfig
 from dser_spark.model import DSER, Inputs
@@ -45,9 +45,9 @@ def world(spark, make_config, tmp_path):
 
 
 def _by_path(cfg, dt):
-    """The partition as DuckDB reads it straight from the Parquet files (no metastore)."""
-    glob = f"{tables.table_uri(cfg, 'recommendations').removeprefix('file://')}/dt={dt}/*.parquet"
-    return duckdb.sql(f"SELECT * FROM read_parquet('{glob}') ORDER BY user_id, rank").df()
+    """The partition as DuckDB reads it from the Parquet files the manifest names (no Spark, no metastore)."""
+    files = partitioned.published_files(tables.table_uri(cfg, "recommendations").removeprefix("file://"))[dt]
+    return duckdb.sql(f"SELECT * FROM read_parquet({files}) ORDER BY user_id, rank").df()
 
 
 def test_run_recommend_publishes_a_validated_partition_views_and_retention(spark, world):
@@ -62,7 +62,7 @@ def test_run_recommend_publishes_a_validated_partition_views_and_retention(spark
 
     pipeline.run_stage(spark, cfg, "recommend", DAY2, pipeline.Options(force=True))  # no metrics: past the gate
     # publish.retain=1: DAY1 goes, from the files and the catalog
-    assert tables.partitions(spark, cfg, "recommendations") == [DAY2]
+    assert partitioned.partitions(spark, cfg, "recommendations") == [DAY2]
     assert [r[0] for r in spark.sql("SHOW PARTITIONS dser.recommendations").collect()] == [f"dt={DAY2}"]
     assert {r.dt for r in spark.sql("SELECT DISTINCT dt FROM dser.recommendations_latest").collect()} == {DAY2}
     catalog = spark.sql(f"SELECT * FROM dser.recommendations WHERE dt = '{DAY2}'").toPandas()
@@ -72,7 +72,7 @@ def test_run_recommend_publishes_a_validated_partition_views_and_retention(spark
 def _published(spark, cfg, dt, n):
     df = spark.range(n).selectExpr("CAST(id AS INT) AS user_id", "1 AS rank", "CAST(id AS INT) AS item_id",
                                    "0.5f AS score", "'model' AS source", f"'{dt}' AS model_run_id")
-    tables.publish_partition(spark, cfg, df, "recommendations", dt)
+    partitioned.publish(spark, cfg, df, "recommendations", dt)
     return df
 
 
@@ -86,23 +86,42 @@ def test_a_run_killed_mid_write_leaves_the_published_partitions_as_they_were(spa
                           .otherwise(F.col("score"))))
     for dt in (DAY2, DAY1):  # a new night, and a re-run of the published one
         with pytest.raises(Exception, match="killed mid-write"):
-            tables.publish_partition(spark, cfg, doomed, "recommendations", dt)
-    assert tables.partitions(spark, cfg, "recommendations") == [DAY1]
+            partitioned.publish(spark, cfg, doomed, "recommendations", dt)
+    assert partitioned.partitions(spark, cfg, "recommendations") == [DAY1]
     assert len(_by_path(cfg, DAY1)) == 40 and set(_by_path(cfg, DAY1).model_run_id) == {DAY1}
     assert spark.sql("SELECT count(*) AS n FROM dser.recommendations").first().n == 40
-    assert tables.filesystem(spark, cfg).list_dirs(f"{tables.root_uri(cfg)}/_staging") == []
+    versions = tables.filesystem(spark, cfg).list_dirs(f"{tables.table_uri(cfg, 'recommendations')}/dt={DAY1}")
+    assert len(versions) == 1  # the failed write removed its own version
 
 
-def test_a_swap_killed_between_its_renames_is_undone_by_the_next_publish(spark, make_config):
+def test_a_killed_run_never_shows_and_its_leftovers_go_with_the_next_publish(spark, make_config):
+    """A version being written (or left by a killed run) is in the tree but in no pointer: the catalog and
+    the manifest show the published version only, and the next publish removes the leftover."""
     cfg = make_config()
     _published(spark, cfg, DAY1, 5)
-    fs, final = tables.filesystem(spark, cfg), tables.partition_uri(cfg, "recommendations", DAY1)
-    fs.rename(final, f"{tables.root_uri(cfg)}/_trash/recommendations/dt={DAY1}/0123456789ab")  # as a killed swap
-    assert tables.partitions(spark, cfg, "recommendations") == []
-    _published(spark, cfg, DAY2, 7)
-    assert tables.partitions(spark, cfg, "recommendations") == [DAY1, DAY2]
-    assert len(_by_path(cfg, DAY1)) == 5 and len(_by_path(cfg, DAY2)) == 7
-    assert not fs.exists(f"{tables.root_uri(cfg)}/_trash/recommendations")
+    table = tables.table_uri(cfg, "recommendations")
+    leftover = f"{table}/dt={DAY1}/20991231T000000-deadbeef"
+    spark.range(99).write.parquet(leftover)  # as a run killed after writing, before pointing
+    spark.range(3).write.parquet(f"{table}/dt={DAY2}/20991231T000000-0badcafe")  # a new night, never pointed to
+    assert spark.sql(f"SELECT count(*) AS n FROM dser.recommendations WHERE dt = '{DAY1}'").first().n == 5
+    assert len(_by_path(cfg, DAY1)) == 5 and partitioned.partitions(spark, cfg, "recommendations") == [DAY1]
+    _published(spark, cfg, DAY1, 7)  # a re-run: the pointers move, then the old version and leftovers go
+    fs = tables.filesystem(spark, cfg)
+    assert len(_by_path(cfg, DAY1)) == 7 and fs.list_dirs(table) == [f"dt={DAY1}"]
+    assert fs.list_dirs(f"{table}/dt={DAY1}") == [partitioned.location(spark, cfg, "recommendations", DAY1)
+                                                   .rsplit("/", 1)[1]]
+    assert spark.sql("SELECT count(*) AS n FROM dser.recommendations").first().n == 7
+
+
+def test_a_table_published_before_manifests_is_adopted(spark, make_config):
+    """Partitions swapped in by rename (dt=<dt>/part-*.parquet) stay readable and are kept."""
+    cfg = make_config()
+    table = tables.table_uri(cfg, "recommendations")
+    spark.range(4).selectExpr("CAST(id AS INT) AS user_id").write.parquet(f"{table}/dt={DAY1}")
+    assert partitioned.partitions(spark, cfg, "recommendations") == [DAY1]
+    partitioned.publish(spark, cfg, spark.range(2).selectExpr("CAST(id AS INT) AS user_id"), "recommendations", DAY2)
+    assert partitioned.partitions(spark, cfg, "recommendations") == [DAY1, DAY2]
+    assert spark.sql(f"SELECT count(*) AS n FROM dser.recommendations WHERE dt = '{DAY1}'").first().n == 4
 
 
 def test_validation_names_every_problem_and_publishes_nothing(spark, world):
@@ -125,6 +144,6 @@ def test_validation_names_every_problem_and_publishes_nothing(spark, world):
                  "1 rows with items the user already interacted with"):
         assert text in str(err.value)
     with pytest.raises(tables.ValidationError):
-        tables.publish_partition(spark, cfg, spark.createDataFrame(bad, schema), "recommendations", DAY1, [
+        partitioned.publish(spark, cfg, spark.createDataFrame(bad, schema), "recommendations", DAY1, [
             lambda df: check_recommendations(df, targets, candidates, interactions, 3, True)])
-    assert tables.partitions(spark, cfg, "recommendations") == []
+    assert partitioned.partitions(spark, cfg, "recommendations") == []

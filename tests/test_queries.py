@@ -7,7 +7,7 @@ import duckdb
 import pytest
 from pyspark.sql import Row
 
-from dser_spark import tables
+from dser_spark import partitioned, tables
 
 QUERIES = Path(__file__).resolve().parents[1] / "scripts" / "queries.sql"
 VALUES = {"dt": "2026-05-02", "prev_dt": "2026-05-01", "user_id": "3"}
@@ -59,7 +59,7 @@ def warehouse(spark, tmp_path_factory):
         rows = [(u, r, (u * 3 + r * (night + 1)) % 20 + 1, 1.0 / (r + u), "model" if u < 5 else "popular", dt)
                 for u in range(1, 7) for r in range(1, 4)]
         schema = "user_id int, rank int, item_id int, score float, source string, model_run_id string"
-        tables.publish_partition(spark, cfg, spark.createDataFrame(rows, schema), "recommendations", dt)
+        partitioned.publish(spark, cfg, spark.createDataFrame(rows, schema), "recommendations", dt)
     return cfg
 
 

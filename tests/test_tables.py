@@ -2,7 +2,7 @@
 import pytest
 from pyspark.sql import functions as F
 
-from dser_spark import tables
+from dser_spark import partitioned, tables
 
 
 def _df(spark, n, tag):
@@ -39,9 +39,9 @@ def test_missing_table_error_names_it(spark, make_config):
 def test_publish_validates_retains_and_replaces_same_dt(spark, make_config):
     cfg = make_config("publish.retain=2")
     for day, n in (("2026-01-01", 1), ("2026-01-02", 2), ("2026-01-03", 3)):
-        tables.publish_partition(spark, cfg, _df(spark, n, day), "recs", day)
-    assert tables.partitions(spark, cfg, "recs") == ["2026-01-02", "2026-01-03"]
-    tables.publish_partition(spark, cfg, _df(spark, 7, "again"), "recs", "2026-01-03")
+        partitioned.publish(spark, cfg, _df(spark, n, day), "recs", day)
+    assert partitioned.partitions(spark, cfg, "recs") == ["2026-01-02", "2026-01-03"]
+    partitioned.publish(spark, cfg, _df(spark, 7, "again"), "recs", "2026-01-03")
     rows = spark.sql("SELECT dt, count(*) AS n FROM dser.recs GROUP BY dt ORDER BY dt").collect()
     assert [(r.dt, r.n) for r in rows] == [("2026-01-02", 2), ("2026-01-03", 7)]
     assert [r[0] for r in spark.sql("SHOW PARTITIONS dser.recs").collect()] == ["dt=2026-01-02", "dt=2026-01-03"]
@@ -50,6 +50,15 @@ def test_publish_validates_retains_and_replaces_same_dt(spark, make_config):
         raise ValueError("staged partition is wrong")
 
     with pytest.raises(ValueError, match="staged partition is wrong"):
-        tables.publish_partition(spark, cfg, _df(spark, 99, "bad"), "recs", "2026-01-03", [reject])
-    again = spark.read.parquet(tables.table_uri(cfg, "recs")).groupBy("dt").count().orderBy("dt").collect()
+        partitioned.publish(spark, cfg, _df(spark, 99, "bad"), "recs", "2026-01-03", [reject])
+    again = partitioned.read(spark, cfg, "recs").groupBy("dt").count().orderBy("dt").collect()
     assert [r["count"] for r in again] == [2, 7]
+    assert spark.sql("SELECT count(*) AS n FROM dser.recs").first().n == 9
+    assert [p["rows"] for p in partitioned.manifest(spark, cfg, "recs")["partitions"]] == [2, 7]
+
+
+def test_the_database_lives_at_the_warehouse_root(spark, make_config, tmp_path):
+    cfg = make_config("warehouse.database=dser_located")
+    tables.write_table(spark, cfg, _df(spark, 1, "x"), "things")
+    info = {r[0]: r[1] for r in spark.sql("DESCRIBE DATABASE dser_located").collect()}
+    assert tables._plain(info["Location"]) == tables._plain(tables.root_uri(cfg))  # file:/x and file:///x alike

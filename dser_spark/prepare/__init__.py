@@ -1,10 +1,14 @@
 """Stage 1, prepare: raw MovieLens files -> interactions, items, rejected_rows.
 
+Sources are read through the session's Hadoop FileSystem API, so ``data.path`` may be a
+local path, a ``file:`` URI or any Hadoop URI (``hdfs://``, ``s3a://``); ``locate``
+finds the files, and stages ``builtin:`` data from the driver's wheels to
+``<warehouse root>/_sources/`` so executors only need the warehouse.
 Ratings files (tens of millions of lines) are read as text and validated on the
 executors in Spark SQL, each line keeping its 1-based physical line number
 (``ratings``). The small catalogue files (movies, links, tags, TMDB metadata) are
 parsed on the driver (``lines``, ``catalog``), one module per source layout
-(``recbole``, ``grouplens``, ``ml_latest``, ``kaggle``); ``locate`` finds the files.
+(``recbole``, ``grouplens``, ``ml_latest``, ``kaggle``).
 Every bad row lands in ``rejected_rows(source, line, raw, reason)``; a file whose
 rejected fraction exceeds ``data.max_reject_fraction`` fails the stage.
 """
@@ -13,13 +17,12 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dser_spark.config import DataConfig
+from dser_spark.config import Config
 from dser_spark.prepare.catalog import ITEMS_SCHEMA, Catalog, items_frame, rated_catalog
 from dser_spark.prepare.errors import DataError
 from dser_spark.prepare.grouplens import load_ml1m, load_ml100k
@@ -29,7 +32,9 @@ from dser_spark.prepare.lines import (
     NON_NUMERIC_RATING, RATING_RANGE, UNKNOWN_ITEM, ReadLog, bad_list, check_reject_fractions,
     malformed,
 )
-from dser_spark.prepare.locate import detect_format, resolve_data_path
+from dser_spark.prepare.locate import (
+    SourceDir, detect_format, open_source_dir, resolve_data_path, stage_builtin, wheel_directory,
+)
 from dser_spark.prepare.ml_latest import load_ml_latest
 from dser_spark.prepare.ratings import (
     INTERACTIONS_SCHEMA, REJECTED_SCHEMA, Ratings, Source, read_ratings, rejected_frame,
@@ -39,13 +44,14 @@ from dser_spark.prepare.recbole import load_recbole
 __all__ = [
     "BAD_ID", "BAD_ITEM", "BAD_TIMESTAMP", "BAD_USER", "DUPLICATE", "DUPLICATE_ID",
     "INTERACTIONS_SCHEMA", "ITEMS_SCHEMA", "MISSING_FIELD", "NON_NUMERIC_RATING", "RATING_RANGE",
-    "REJECTED_SCHEMA", "UNKNOWN_ITEM", "DataError", "Prepared", "bad_list", "detect_format",
-    "malformed", "prepare", "resolve_data_path",
+    "REJECTED_SCHEMA", "UNKNOWN_ITEM", "DataError", "Prepared", "SourceDir", "bad_list",
+    "detect_format", "malformed", "open_source_dir", "prepare", "resolve_data_path", "stage_builtin",
+    "wheel_directory",
 ]
 
 logger = logging.getLogger("dser_spark")
 
-LOADERS: dict[str, Callable[[Path, ReadLog], Source]] = {
+LOADERS: dict[str, Callable[[SourceDir, ReadLog], Source]] = {
     "recbole": load_recbole, "ml-100k": load_ml100k, "ml-1m": load_ml1m,
     "ml-latest": load_ml_latest, "kaggle": load_kaggle,
 }
@@ -67,13 +73,14 @@ class Prepared:
             self._cached.unpersist()
 
 
-def prepare(spark: SparkSession, data: DataConfig) -> Prepared:
-    """Read the raw files of ``data`` into DataFrames; fail on too many rejected rows.
+def prepare(spark: SparkSession, cfg: Config) -> Prepared:
+    """Read the raw files of ``cfg.data`` into DataFrames; fail on too many rejected rows.
 
     The classified ratings are persisted (one pass feeds the summary and the tables);
     call ``Prepared.unpersist()`` once the tables are written.
     """
-    root = resolve_data_path(data.path)
+    data = cfg.data
+    root = resolve_data_path(spark, cfg)
     fmt = detect_format(root) if data.format == "auto" else data.format
     if fmt not in LOADERS:
         raise DataError(f"data.format={fmt!r}: unknown; expected one of auto, {', '.join(LOADERS)}")
@@ -88,7 +95,7 @@ def prepare(spark: SparkSession, data: DataConfig) -> Prepared:
         raise
 
 
-def _finish(spark: SparkSession, fmt: str, root: Path, source: Source, ratings: Ratings,
+def _finish(spark: SparkSession, fmt: str, root: SourceDir, source: Source, ratings: Ratings,
             cached: DataFrame, log: ReadLog, max_fraction: float) -> Prepared:
     """Count (the one full pass), build items, check reject fractions, assemble the output."""
     name = source.ratings.path.name
@@ -118,12 +125,12 @@ def _finish(spark: SparkSession, fmt: str, root: Path, source: Source, ratings: 
         summary=summary, _cached=cached)
 
 
-def _summary(fmt: str, root: Path, source: Source, read: int, log: ReadLog, catalog: Catalog) -> dict:
+def _summary(fmt: str, root: SourceDir, source: Source, read: int, log: ReadLog, catalog: Catalog) -> dict:
     """Counts reported by the stage (plain Python values)."""
     rejected = Counter(r[3] for r in log.rejects) + Counter(log.spark_rejects)
     by_file = log.rejects_by_file(source.ratings.path.name)
     return {
-        "format": fmt, "path": str(root), "files": sorted(log.rows),
+        "format": fmt, "path": root.uri, "files": sorted(log.rows),
         "ratings_read": read,
         "interactions": read - sum(log.spark_rejects.values()),
         "items": len(catalog.items),

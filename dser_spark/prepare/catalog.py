@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from dser_spark.prepare.lines import BAD_ID, DUPLICATE_ID, ReadLog
+from dser_spark.prepare.locate import SourceFile
 
 _STRINGS = T.ArrayType(T.StringType())
 ITEMS_SCHEMA = T.StructType([
@@ -36,7 +36,7 @@ def make_item(**fields: Any) -> dict[str, Any]:
     return {name: fields.get(name) for name in ITEM_FIELDS}
 
 
-def add_item(catalog: dict, key: int | str | None, item: dict, path: Path, line: int,
+def add_item(catalog: dict, key: int | str | None, item: dict, path: SourceFile, line: int,
              raw: str, log: ReadLog) -> None:
     """Add ``item`` under ``key``; a missing or repeated id rejects the line instead."""
     if key is None:

@@ -1,14 +1,12 @@
 """GroupLens releases: ml-100k (``u.data`` + ``u.item``) and ml-1m (``ratings.dat`` + ``movies.dat``)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from dser_spark.prepare.catalog import Catalog, add_item, make_item
 from dser_spark.prepare.lines import (
     ReadLog, first_line, malformed, parse_int, parse_pipe_genres, parse_title_year, parse_year,
     text_lines,
 )
-from dser_spark.prepare.locate import require_file
+from dser_spark.prepare.locate import SourceDir, SourceFile, require_file
 from dser_spark.prepare.ratings import RatingsFile, Source
 
 ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime",
@@ -16,7 +14,7 @@ ML100K_GENRES = ("unknown", "Action", "Adventure", "Animation", "Children's", "C
                  "Romance", "Sci-Fi", "Thriller", "War", "Western")
 
 
-def _ml100k_items(path: Path, log: ReadLog) -> Catalog:
+def _ml100k_items(path: SourceFile, log: ReadLog) -> Catalog:
     """``u.item``: id|title|release date|video date|imdb url|19 genre flags (latin-1)."""
     items: dict = {}
     width = 5 + len(ML100K_GENRES)
@@ -34,7 +32,7 @@ def _ml100k_items(path: Path, log: ReadLog) -> Catalog:
     return Catalog(items)
 
 
-def _ml1m_items(path: Path, log: ReadLog) -> Catalog:
+def _ml1m_items(path: SourceFile, log: ReadLog) -> Catalog:
     """``movies.dat``: MovieID::Title (Year)::Genre|Genre (latin-1)."""
     items: dict = {}
     for line, raw in text_lines(path, "MovieID::Title (Year)::Genres lines", log):
@@ -50,7 +48,7 @@ def _ml1m_items(path: Path, log: ReadLog) -> Catalog:
     return Catalog(items)
 
 
-def load_ml100k(root: Path, log: ReadLog) -> Source:
+def load_ml100k(root: SourceDir, log: ReadLog) -> Source:
     """GroupLens ml-100k: ``u.data`` and ``u.item``."""
     data = require_file(root, "ml-100k", "u.data")
     first_line(data, "tab-separated user item rating timestamp lines")
@@ -58,7 +56,7 @@ def load_ml100k(root: Path, log: ReadLog) -> Source:
                   _ml100k_items(require_file(root, "ml-100k", "u.item"), log))
 
 
-def load_ml1m(root: Path, log: ReadLog) -> Source:
+def load_ml1m(root: SourceDir, log: ReadLog) -> Source:
     """GroupLens ml-1m: ``ratings.dat`` and ``movies.dat``."""
     data = require_file(root, "ml-1m", "ratings.dat")
     first_line(data, "UserID::MovieID::Rating::Timestamp lines")

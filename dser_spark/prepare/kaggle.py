@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 from typing import Any, Callable
 
 from dser_spark.prepare.catalog import Catalog, make_item
@@ -17,7 +16,7 @@ from dser_spark.prepare.lines import (
     BAD_ID, DUPLICATE_ID, UNKNOWN_ITEM, ReadLog, bad_list, csv_table, parse_imdb_id, parse_int,
     parse_year,
 )
-from dser_spark.prepare.locate import optional_file, require_file
+from dser_spark.prepare.locate import SourceDir, SourceFile, optional_file, require_file
 from dser_spark.prepare.ml_latest import LINKS_COLUMNS, csv_ratings
 from dser_spark.prepare.ratings import Source
 
@@ -45,7 +44,7 @@ def _names(row: dict[str, str], column: str, keep: Callable[[dict], bool] = lamb
     return [str(d["name"]) for d in value if "name" in d and keep(d)]
 
 
-def _tmdb_table(path: Path, columns: tuple[str, ...], log: ReadLog,
+def _tmdb_table(path: SourceFile, columns: tuple[str, ...], log: ReadLog,
                 parse: Callable[[dict[str, str]], dict[str, Any]], known: set[int] | None = None
                 ) -> dict[int, dict[str, Any]]:
     """A TMDB-keyed CSV by integer ``id``; rows ``parse`` cannot read are rejected."""
@@ -77,7 +76,7 @@ def _credits_item(row: dict[str, str]) -> dict[str, Any]:
             "directors": _names(row, "crew", lambda d: d.get("job") == "Director")}
 
 
-def _links(root: Path, log: ReadLog) -> dict[int, tuple[int | None, str | None]]:
+def _links(root: SourceDir, log: ReadLog) -> dict[int, tuple[int | None, str | None]]:
     """MovieLens movieId -> (TMDB id, IMDb id) from ``links.csv`` or ``links_small.csv``."""
     path = require_file(root, "kaggle", "links.csv", "links_small.csv")
     links: dict[int, tuple[int | None, str | None]] = {}
@@ -90,7 +89,7 @@ def _links(root: Path, log: ReadLog) -> dict[int, tuple[int | None, str | None]]
     return links
 
 
-def _catalogue_builder(root: Path, log: ReadLog) -> Callable[[list[int]], Catalog]:
+def _catalogue_builder(root: SourceDir, log: ReadLog) -> Callable[[list[int]], Catalog]:
     """Parse links/metadata/keywords/credits; return a builder of items for the rated movie ids."""
     links = _links(root, log)
     metadata = _tmdb_table(require_file(root, "kaggle", "movies_metadata.csv"),
@@ -115,7 +114,7 @@ def _catalogue_builder(root: Path, log: ReadLog) -> Callable[[list[int]], Catalo
     return build
 
 
-def load_kaggle(root: Path, log: ReadLog) -> Source:
+def load_kaggle(root: SourceDir, log: ReadLog) -> Source:
     """The Movies Dataset: ``ratings_small.csv`` (else ``ratings.csv``) and TMDB metadata via links."""
     ratings = csv_ratings(require_file(root, "kaggle", "ratings_small.csv", "ratings.csv"))
     return Source(ratings, None, _catalogue_builder(root, log))

@@ -10,10 +10,10 @@ import io
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterator
 
 from dser_spark.prepare.errors import DataError
+from dser_spark.prepare.locate import SourceFile
 
 DUPLICATE = "duplicate (kept latest)"
 UNKNOWN_ITEM = "unknown item"
@@ -48,7 +48,7 @@ class ReadLog:
     spark_rejects: dict[str, int] = field(default_factory=dict)  # ratings file: reason -> count
     spark_samples: list[tuple[int, str | None, str]] = field(default_factory=list)  # first per reason
 
-    def reject(self, path: Path, line: int, raw: str, reason: str) -> None:
+    def reject(self, path: SourceFile, line: int, raw: str, reason: str) -> None:
         self.rejects.append((path.name, line, raw, reason))
 
     def rejects_by_file(self, ratings_name: str) -> Counter:
@@ -78,7 +78,7 @@ def check_reject_fractions(log: ReadLog, max_fraction: float, ratings_name: str,
 
 
 # ------------------------------------------------------------------ lines and records
-def _decode(path: Path, expected: str) -> str:
+def _decode(path: SourceFile, expected: str) -> str:
     """Whole file as text: UTF-8 (BOM allowed), else latin-1; empty -> DataError."""
     data = path.read_bytes()
     if not data.strip():
@@ -89,15 +89,14 @@ def _decode(path: Path, expected: str) -> str:
         return data.decode("latin-1")
 
 
-def first_line(path: Path, expected: str) -> str:
+def first_line(path: SourceFile, expected: str) -> str:
     """Line 1 of a (possibly huge) file, read without loading the file."""
-    if path.stat().st_size == 0:
+    if path.size == 0:
         raise DataError(f"{path.name} is empty: expected {expected}")
-    with path.open("rb") as fh:
-        return fh.readline(1 << 20).decode("utf-8-sig", errors="replace").rstrip("\r\n")
+    return path.read_first_line().decode("utf-8-sig", errors="replace").rstrip("\r\n")
 
 
-def text_lines(path: Path, expected: str, log: ReadLog) -> Iterator[tuple[int, str]]:
+def text_lines(path: SourceFile, expected: str, log: ReadLog) -> Iterator[tuple[int, str]]:
     """(1-based line number, text) of non-blank lines; LF, CRLF and CR line ends."""
     for number, line in enumerate(io.StringIO(_decode(path, expected), newline=""), start=1):
         text = line.rstrip("\r\n")
@@ -107,7 +106,7 @@ def text_lines(path: Path, expected: str, log: ReadLog) -> Iterator[tuple[int, s
             log.blank += 1
 
 
-def _csv_records(path: Path, expected: str, log: ReadLog) -> Iterator[tuple[int, str, list[str]]]:
+def _csv_records(path: SourceFile, expected: str, log: ReadLog) -> Iterator[tuple[int, str, list[str]]]:
     """(first physical line, raw text, fields) of each non-blank RFC 4180 record."""
     csv.field_size_limit(1 << 30)
     consumed: list[str] = []
@@ -132,7 +131,7 @@ def _csv_records(path: Path, expected: str, log: ReadLog) -> Iterator[tuple[int,
         raise DataError(f"{path.name} line {start}: cannot parse CSV ({exc}); expected {expected}") from None
 
 
-def csv_table(path: Path, columns: tuple[str, ...], log: ReadLog
+def csv_table(path: SourceFile, columns: tuple[str, ...], log: ReadLog
               ) -> Iterator[tuple[int, str, dict[str, str]]]:
     """Records of a CSV with a header naming at least ``columns``; wrong width is rejected."""
     expected = f"a CSV header with columns {','.join(columns)}"

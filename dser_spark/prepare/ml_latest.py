@@ -1,21 +1,19 @@
 """MovieLens CSV releases (ml-latest(-small), ml-20m/25m/32m): ratings, movies, links, tags."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from dser_spark.prepare.catalog import Catalog, add_item, make_item
 from dser_spark.prepare.errors import DataError
 from dser_spark.prepare.lines import (
     BAD_ID, DUPLICATE_ID, UNKNOWN_ITEM, ReadLog, csv_table, first_line, parse_imdb_id, parse_int,
     parse_pipe_genres, parse_title_year,
 )
-from dser_spark.prepare.locate import optional_file, require_file
+from dser_spark.prepare.locate import SourceDir, SourceFile, optional_file, require_file
 from dser_spark.prepare.ratings import RatingsFile, Source
 
 LINKS_COLUMNS = ("movieId", "imdbId", "tmdbId")
 
 
-def csv_ratings(path: Path) -> RatingsFile:
+def csv_ratings(path: SourceFile) -> RatingsFile:
     """MovieLens ``ratings.csv`` layout (also Kaggle's): header, then plain numbers."""
     header = "userId,movieId,rating,timestamp"
     found = first_line(path, f"a header {header} and ratings").replace(" ", "")
@@ -24,7 +22,7 @@ def csv_ratings(path: Path) -> RatingsFile:
     return RatingsFile(path, ",", 4, (0, 1, 2, 3), has_header=True)
 
 
-def _movielens_csv_items(root: Path, movies: Path, log: ReadLog) -> Catalog:
+def _movielens_csv_items(root: SourceDir, movies: SourceFile, log: ReadLog) -> Catalog:
     """``movies.csv`` plus optional ``links.csv`` (TMDB/IMDb ids) and ``tags.csv`` (keywords)."""
     items: dict = {}
     for line, raw, row in csv_table(movies, ("movieId", "title", "genres"), log):
@@ -58,7 +56,7 @@ def _movielens_csv_items(root: Path, movies: Path, log: ReadLog) -> Catalog:
     return Catalog(items)
 
 
-def load_ml_latest(root: Path, log: ReadLog) -> Source:
+def load_ml_latest(root: SourceDir, log: ReadLog) -> Source:
     """ml-latest(-small), ml-20m/25m/32m: ``ratings.csv``, ``movies.csv``, links and tags."""
     ratings = csv_ratings(require_file(root, "ml-latest", "ratings.csv"))
     return Source(ratings, _movielens_csv_items(root, require_file(root, "ml-latest", "movies.csv"), log))

@@ -8,7 +8,6 @@ to the driver but ids and counts.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -20,6 +19,7 @@ from dser_spark.prepare.lines import (
     BAD_ITEM, BAD_TIMESTAMP, BAD_USER, DUPLICATE, MISSING_FIELD, NON_NUMERIC_RATING,
     RATING_RANGE, UNKNOWN_ITEM, ReadLog, malformed,
 )
+from dser_spark.prepare.locate import SourceFile
 
 INTERACTIONS_SCHEMA = T.StructType([
     T.StructField("user_id", T.IntegerType()), T.StructField("item_id", T.IntegerType()),
@@ -36,7 +36,7 @@ _MAX_UNIX_SECONDS = 253402300800.0  # 10000-01-01
 class RatingsFile:
     """How to split one ratings file: separator regex, field count, field positions."""
 
-    path: Path
+    path: SourceFile
     sep: str
     width: int
     cols: tuple[int, int, int, int]  # user, item, rating, timestamp
@@ -67,13 +67,13 @@ class Ratings:
         return self.text.filter(F.col("line") == line).first()["value"]
 
 
-def _numbered_lines(spark: SparkSession, path: Path) -> tuple[DataFrame, int]:
+def _numbered_lines(spark: SparkSession, path: SourceFile) -> tuple[DataFrame, int]:
     """(line, value) with 1-based physical line numbers, and the number of lines; on executors.
 
     ``monotonically_increasing_id`` numbers rows within a partition; a first job counts
     the rows of each file block so the offsets of earlier blocks can be added.
     """
-    raw = spark.read.text(path.resolve().as_uri()).select(
+    raw = spark.read.text(path.uri).select(
         "value", F.expr("input_file_block_start()").alias("blk"),
         F.monotonically_increasing_id().alias("mid"))
     blocks = (raw.groupBy("blk").agg(F.count(F.lit(1)).alias("n"), F.min("mid").alias("first"))

@@ -6,20 +6,19 @@ strings: integer-looking ids are kept, others get dense ids (see ``ratings``).
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 from dser_spark.prepare.catalog import Catalog, add_item, make_item
 from dser_spark.prepare.errors import DataError
 from dser_spark.prepare.lines import ReadLog, first_line, malformed, parse_year, text_lines
-from dser_spark.prepare.locate import missing_file_error
+from dser_spark.prepare.locate import SourceDir, SourceFile, missing_file_error
 from dser_spark.prepare.ratings import RatingsFile, Source
 
 _INT = re.compile(r"^\d{1,9}$")
 
 
-def _pick_one(root: Path, suffix: str, stem: str) -> Path | None:
+def _pick_one(root: SourceDir, suffix: str, stem: str) -> SourceFile | None:
     """The ``*.suffix`` file of a RecBole dir (``<stem>.suffix`` if several), None if there is none."""
-    paths = sorted(root.glob(f"*.{suffix}"))
+    paths = root.glob(f"*.{suffix}")
     preferred = [p for p in paths if p.stem == stem]
     if len(paths) > 1 and not preferred:
         raise DataError(f"data.format=recbole: several .{suffix} files in {root} "
@@ -27,7 +26,7 @@ def _pick_one(root: Path, suffix: str, stem: str) -> Path | None:
     return (preferred or paths or [None])[0]
 
 
-def _header(path: Path, line: str, wanted: dict[str, tuple[str, ...]],
+def _header(path: SourceFile, line: str, wanted: dict[str, tuple[str, ...]],
             required: tuple[str, ...]) -> dict[str, int]:
     """Positions of the wanted RecBole columns (``name:type`` header); required ones must exist."""
     names = [h.split(":", 1)[0].strip() for h in line.split("\t")]
@@ -40,7 +39,7 @@ def _header(path: Path, line: str, wanted: dict[str, tuple[str, ...]],
     return {k: v for k, v in positions.items() if v is not None}
 
 
-def _items(path: Path, log: ReadLog) -> Catalog:
+def _items(path: SourceFile, log: ReadLog) -> Catalog:
     """``*.item``: item_id, optional movie_title, release_year, class/genre (space separated)."""
     wanted = {"id": ("item_id",), "title": ("movie_title", "title"),
               "year": ("release_year", "year"), "genres": ("class", "genre", "genres")}
@@ -67,7 +66,7 @@ def _items(path: Path, log: ReadLog) -> Catalog:
     return Catalog(raw_items, tokens=True)
 
 
-def load_recbole(root: Path, log: ReadLog) -> Source:
+def load_recbole(root: SourceDir, log: ReadLog) -> Source:
     """RecBole atomic files: ``<name>.inter`` (typed header) and optional ``<name>.item``."""
     inter = _pick_one(root, "inter", root.name)
     if inter is None:
