@@ -19,10 +19,18 @@ setup(
         "safetensors>=0.4",
         "tqdm>=4.60",
         "matplotlib>=3.8",
+        # serving (dser_spark/serving): duckdb loads the published Parquet; streamlit is the dashboard
+        # (`dser-spark dashboard`); fastapi on uvicorn the read-only API (`dser-spark serve`), with uvicorn's
+        # standard extra (httptools, uvloop) for its request throughput
+        "duckdb>=1.0",
+        "streamlit==1.67.0",
+        "fastapi==0.165.0",
+        "uvicorn[standard]==0.55.0",
     ],
     extras_require={
-        # pytest: the test runner; duckdb: checks the published SQL over Parquet.
-        "test": ["pytest>=8", "duckdb>=1.0"],
+        # pytest: the test runner; playwright drives Debian's chromium in the dashboard's browser test
+        # (tests/test_browser.py; its own browser download is not used); httpx: FastAPI's TestClient
+        "test": ["pytest>=8", "playwright==1.65.2", "httpx==0.29.0"],
     },
     entry_points={"console_scripts": ["dser-spark=dser_spark.cli:main"]},
 )

@@ -53,6 +53,11 @@ def parser() -> argparse.ArgumentParser:
     config = commands.add_parser("config", parents=[common],
                                  help="print the effective config as YAML, every key with its meaning")
     config.add_argument("--markdown", action="store_true", help="print the reference table of all keys instead")
+    for name, what, port in (("dashboard", "the dashboard (Streamlit) over the published tables", "dashboard_port"),
+                             ("serve", "the read-only HTTP API (FastAPI) over the published tables", "api_port")):
+        surface = commands.add_parser(name, parents=[common], help=what)
+        surface.add_argument("--host", default=None, help="address to listen on (default: serving.host, 127.0.0.1)")
+        surface.add_argument("--port", type=int, default=None, help=f"port (default: serving.{port})")
     return p
 
 
@@ -73,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "config":
         print(markdown_table() if args.markdown else annotated_yaml(cfg), end="")
         return 0
+    if args.command in ("dashboard", "serve"):
+        from dser_spark.serving.launch import run
+
+        return run(cfg, args.command, args.host, args.port)
     from dser_spark.pipeline import Options
 
     opts = Options(model=getattr(args, "model", None), force=getattr(args, "force", False),
