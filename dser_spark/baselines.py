@@ -2,8 +2,9 @@
 
 The neural baselines (GMF, MLP, NeuMF) and the untrained recency score are the
 DSER module itself with parts switched off (see ``model.baseline_config``);
-ItemPop lives in ``evaluate``. Only ALS needs its own fitting code, and it is
-Spark's own implementation.
+ItemPop is one row of scores (``evaluate.FixedScores``). Only ALS needs its own
+fitting code, and it is Spark's own implementation; its user factors never
+leave the executors.
 """
 from __future__ import annotations
 
@@ -20,10 +21,10 @@ log = logging.getLogger("dser_spark")
 
 @dataclass
 class Factors:
-    """ALS factors aligned with sorted user ids and the item universe (zeros where unseen)."""
+    """ALS factors: the users' as a DataFrame (user_id, factors), left on the executors; the items' aligned
+    with the item universe (zeros where unseen), small enough to ship."""
 
-    user_ids: np.ndarray
-    user_factors: np.ndarray
+    users: DataFrame
     item_factors: np.ndarray
     params: dict
 
@@ -36,11 +37,9 @@ def fit_als(positives: DataFrame, item_ids: np.ndarray, rank: int, reg: float, a
               userCol="user_id", itemCol="item_id", ratingCol="rating", coldStartStrategy="drop",
               nonnegative=False)
     model = als.fit(data)
-    users = model.userFactors.toPandas().sort_values("id")
     items = model.itemFactors.toPandas().set_index("id")
     item_f = np.zeros((len(item_ids), rank), dtype=np.float64)
     pos = items.index.get_indexer(item_ids)
     item_f[pos >= 0] = np.stack(items["features"].to_numpy()[pos[pos >= 0]])
-    user_f = np.stack(users["features"].to_numpy()) if len(users) else np.zeros((0, rank))
-    return Factors(users["id"].to_numpy(np.int64), user_f, item_f,
-                   {"rank": rank, "reg": reg, "alpha": alpha, "max_iter": max_iter})
+    users = model.userFactors.select(F.col("id").alias("user_id"), F.col("features").alias("factors"))
+    return Factors(users, item_f, {"rank": rank, "reg": reg, "alpha": alpha, "max_iter": max_iter})

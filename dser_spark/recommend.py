@@ -28,7 +28,7 @@ from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import Config, RecommendConfig
 from dser_spark.ids import lookup
 from dser_spark.model import window_means
-from dser_spark.scoring import Kernel, seen_columns, top_k
+from dser_spark.scoring import Kernel, on_worker, seen_columns, task_threads, top_k
 
 log = logging.getLogger("dser_spark")
 
@@ -170,17 +170,14 @@ def _rows(user_ids: np.ndarray, logits: torch.Tensor, item_ids: np.ndarray, sour
 
 
 # ------------------------------------------------------------------- Spark
-_WORKER: dict[str, Serving] = {}
-
-
 def _worker_serving(key: str, payload, settings: RecommendConfig) -> Serving:
     """The Serving of broadcast ``key``, built once per Python worker."""
-    if key not in _WORKER:
-        _WORKER.clear()
+
+    def build() -> Serving:
         value = payload.value
-        _WORKER[key] = Serving(load_from_bytes(value["files"]), settings, value["popularity"],
-                               value["candidates"])
-    return _WORKER[key]
+        return Serving(load_from_bytes(value["files"]), settings, value["popularity"], value["candidates"])
+
+    return on_worker(key, build)
 
 
 def popularity(interactions: DataFrame) -> Popularity:
@@ -262,10 +259,7 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
     key = uuid.uuid4().hex
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-        from pyspark import TaskContext
-
-        ctx = TaskContext.get()
-        torch.set_num_threads(max(1, int(ctx.cpus())) if ctx else 1)
+        task_threads()
         serving = _worker_serving(key, payload, settings)
         for hist in user_histories(batches, 16 * settings.user_block):
             scored = serving.recommend(*hist)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import threading
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from dser_spark.model import DSER
 
 _DEFAULT_L2 = 1 << 20
 _EMPTY = np.empty(0, dtype=np.int64)
+T = TypeVar("T")
 
 
 def _tower_layers(tower: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -195,3 +197,24 @@ def seen_columns(cand_ids: np.ndarray, histories: list[np.ndarray]) -> tuple[np.
     cols, ok = lookup(cand_ids, flat)
     order = np.argsort(cols[ok], kind="stable")
     return rows[ok][order], cols[ok][order]
+
+
+# ----------------------------------------------------------- on executors
+_WORKER: dict[str, object] = {}
+
+
+def on_worker(key: str, build: Callable[[], T]) -> T:
+    """``build()`` once per Python worker for a broadcast ``key`` (models load once, not once per task);
+    a new key replaces the previous one, so a worker holds one job's models at a time."""
+    if key not in _WORKER:
+        _WORKER.clear()
+        _WORKER[key] = build()
+    return _WORKER[key]
+
+
+def task_threads() -> None:
+    """Give torch as many threads as the running Spark task has CPUs (1 outside a task)."""
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    torch.set_num_threads(max(1, int(ctx.cpus())) if ctx else 1)
