@@ -60,7 +60,8 @@ def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: tor
     (n, d), (b, k) = item_vectors.shape, context.shape
     if k == 0:
         return item_vectors.new_zeros((b, len(windows), d))
-    take = (torch.arange(k)[None, :] < windows.clamp(max=k)[:, None]).to(item_vectors.dtype)  # (W, K)
+    positions = torch.arange(k, device=context.device)
+    take = (positions[None, :] < windows.clamp(max=k)[:, None]).to(item_vectors.dtype)  # (W, K)
     ok = context >= 0
     padded = torch.cat([item_vectors, item_vectors.new_zeros(1, d)])  # row n: the zero vector of -1
     vecs = F.embedding(torch.where(ok, context, n).T, padded)          # (K, B, d)

@@ -21,11 +21,13 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
-from dser_spark import baselines, evaluate
+from dser_spark import baselines, distributed, evaluate
 from dser_spark.artifacts import Trained
 from dser_spark.config import Config, ModelConfig
 from dser_spark.model import DSER, baseline_config
+from dser_spark.recommend import popularity
 from dser_spark.sequences import EVAL, SELECT, SERVE, VALIDATION
 from dser_spark.train import FitData, fit
 
@@ -43,6 +45,13 @@ class FitSource(Protocol):
 
     def candidates(self, split: str) -> pd.DataFrame:
         """The sampled evaluation candidates of ``validation`` or ``test``."""
+
+    def table(self, name: str) -> DataFrame:
+        """A warehouse table."""
+
+    @property
+    def universe(self) -> np.ndarray:
+        """Sorted ids of every item with an interaction."""
 
 
 def selecting(cfg: Config) -> bool:
@@ -72,6 +81,20 @@ def validator(trained_ids: tuple[np.ndarray, np.ndarray], cands: pd.DataFrame, k
     return validate
 
 
+def fit_scope(cfg: Config, source: FitSource, model_cfg: ModelConfig, scope: str, label: str, validated: bool,
+              epochs: int | None, checkpoint_dir: str) -> Trained:
+    """One fit of ``scope`` (early-stopped on validation HR@k when ``validated``; ``epochs`` overrides
+    ``train.epochs``): on the driver from ``source``, or with ``train.distributed`` by TorchDistributor
+    processes that read the warehouse tables themselves."""
+    if cfg.train.distributed:
+        return distributed.fit(cfg, model_cfg, scope, label, validated, epochs)
+    data = source.fit_data(scope)
+    validate = (validator((data.user_ids, data.item_ids), source.candidates(VALIDATION), cfg.train.validation_k)
+                if validated else None)
+    return fit(data, model_cfg, cfg.train, cfg.seed, label=label, validate=validate, epochs=epochs,
+               checkpoint_dir=checkpoint_dir)
+
+
 def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, name: str, refit_scopes: list[str],
                      checkpoints: str) -> tuple[dict[str, Trained], Trained | None]:
     """Choose the epochs of ``model_cfg`` on validation, then refit it on each of ``refit_scopes``.
@@ -82,18 +105,15 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
     """
     chosen, selected = cfg.train.epochs, None
     if selecting(cfg):
-        sel = source.fit_data(SELECT)
-        k = cfg.train.validation_k
-        validate = validator((sel.user_ids, sel.item_ids), source.candidates(VALIDATION), k)
-        selected = fit(sel, model_cfg, cfg.train, cfg.seed, label=f"{name}[select]", validate=validate,
-                       checkpoint_dir=str(Path(checkpoints) / f"{name}-select"))
+        selected = fit_scope(cfg, source, model_cfg, SELECT, f"{name}[select]", True, None,
+                             str(Path(checkpoints) / f"{name}-select"))
         chosen = selected.best_epoch or 0
-        log.info("%s: %d epochs chosen on validation (HR@%d %.4f)", name, chosen, k,
+        log.info("%s: %d epochs chosen on validation (HR@%d %.4f)", name, chosen, cfg.train.validation_k,
                  max((h.get("val_hr", 0.0) for h in selected.history), default=0.0))
     out = {}
     for scope in refit_scopes:
-        out[scope] = fit(source.fit_data(scope), model_cfg, cfg.train, cfg.seed, label=f"{name}[{scope}]",
-                         epochs=chosen, checkpoint_dir=str(Path(checkpoints) / f"{name}-{scope}"))
+        out[scope] = fit_scope(cfg, source, model_cfg, scope, f"{name}[{scope}]", False, chosen,
+                               str(Path(checkpoints) / f"{name}-{scope}"))
         out[scope].best_epoch = chosen
         if selected is not None:  # keep the selection curve with the refit's own losses
             out[scope].history = [dict(h, phase="select") for h in selected.history] + \
@@ -101,41 +121,41 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
     return out, selected
 
 
-def tune_als(cfg: Config, source: FitSource, item_ids: np.ndarray) -> baselines.Factors:
-    """Spark ALS (implicit): the grid scored on validation HR@k with a train-only fit, the best refit on
-    train + validation."""
-    e = cfg.evaluate
+def tune_als(cfg: Config, source: FitSource) -> baselines.Factors:
+    """Spark ALS (implicit): the grid scored on validation HR@k with a train-only fit (on the executors, as
+    the test is), the best refit on train + validation."""
+    e, universe = cfg.evaluate, source.universe
     grid = [(r, g) for r in e.als_ranks for g in e.als_regs]
     best = grid[0]
     if selecting(cfg) and len(grid) > 1:
-        val, k = source.candidates(VALIDATION), cfg.train.validation_k
+        val, k = source.table("eval_candidates").filter(F.col("split") == VALIDATION), cfg.train.validation_k
         pos = source.positives(SELECT).localCheckpoint()
         scores = {}
         for rank, reg in grid:
-            f = baselines.fit_als(pos, item_ids, rank, reg, e.als_alpha, e.als_iter, cfg.seed)
-            scorer = evaluate.ranker_scorer(evaluate.dense_ranker(f.user_ids, f.user_factors, f.item_factors),
-                                            item_ids)
-            scores[(rank, reg)] = evaluate.sampled_metrics(scorer, val, [k])[("HR", k)]
+            f = baselines.fit_als(pos, universe, rank, reg, e.als_alpha, e.als_iter, cfg.seed)
+            rows = evaluate.evaluate_models({"ALS": f}, val, None, universe, [k], e)
+            scores[(rank, reg)] = float(rows.loc[rows["metric"] == "HR", "value"].iloc[0])
             log.info("ALS rank %d reg %g: validation HR@%d %.4f", rank, reg, k, scores[(rank, reg)])
         best = max(grid, key=lambda p: scores[p])
-    return baselines.fit_als(source.positives(EVAL), item_ids, best[0], best[1], e.als_alpha, e.als_iter, cfg.seed)
+    return baselines.fit_als(source.positives(EVAL), universe, best[0], best[1], e.als_alpha, e.als_iter, cfg.seed)
 
 
-def baseline_ranker(cfg: Config, source: FitSource, name: str, checkpoints: str
-                    ) -> tuple[evaluate.Ranker, list[dict] | None, str]:
-    """(ranker, training history, note) of one baseline on the eval scope, its choices made on validation."""
-    data = source.fit_data(EVAL)
+def baseline_model(cfg: Config, source: FitSource, name: str, checkpoints: str
+                   ) -> tuple[evaluate.Model, list[dict] | None, str]:
+    """(model to evaluate, training history, note) of one baseline on the eval scope, its choices made on
+    validation."""
     if name == "ItemPop":
-        pop = pd.Series(np.concatenate(data.user_pos)).value_counts()
-        return evaluate.popularity_ranker(pop, data.item_ids), None, ""
-    if name == "Recency":
-        model = DSER(data.inputs, baseline_config(cfg.model, "Recency")).eval()
-        return (evaluate.model_ranker(Trained(model, data.user_ids, data.item_ids)), None,
-                f"untrained, last {cfg.recent.k} items")
+        counts = popularity(source.positives(EVAL)).counts_of(source.universe)
+        return evaluate.FixedScores(counts.astype(np.float64)), None, ""
     if name == "ALS":
-        f = tune_als(cfg, source, data.item_ids)
-        return (evaluate.dense_ranker(f.user_ids, f.user_factors, f.item_factors), None,
-                ", ".join(f"{k} {v}" for k, v in f.params.items()))
+        f = tune_als(cfg, source)
+        return f, None, ", ".join(f"{k} {v}" for k, v in f.params.items())
+    if name == "Recency":
+        data = source.fit_data(EVAL)
+        model = DSER(data.inputs, baseline_config(cfg.model, "Recency")).eval()
+        return (evaluate.KernelModel(evaluate.model_files(Trained(model, data.user_ids, data.item_ids), cfg)),
+                None, f"untrained, last {cfg.recent.k} items")
     bcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.evaluate.baseline_epochs))
     fitted, _ = select_and_refit(bcfg, source, baseline_config(cfg.model, name), name, [EVAL], checkpoints)
-    return evaluate.model_ranker(fitted[EVAL]), fitted[EVAL].history, f"epochs {fitted[EVAL].best_epoch}"
+    return (evaluate.KernelModel(evaluate.model_files(fitted[EVAL], cfg)), fitted[EVAL].history,
+            f"epochs {fitted[EVAL].best_epoch}")

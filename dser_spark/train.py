@@ -1,4 +1,4 @@
-"""Training the DSER network on the driver.
+"""Training the DSER network: on the driver, or as one process of a data-parallel fit (``distributed``).
 
 Each epoch draws fresh negatives with the same seeded function the sequences
 stage uses for ``train_samples``, so epoch K here equals that table for K.
@@ -11,6 +11,9 @@ sampled softmax (each positive against its own negatives).
 Early stopping on a validation callback keeps the best weights; checkpoints
 after every epoch let a killed run resume where it stopped (same result as an
 uninterrupted run: negatives and shuffles are seeded by (seed, epoch)).
+Both paths run the same ``fit``; a ``Replica`` says how one process of a
+distributed fit takes part (its shard of the positives, DDP, sums over the
+processes).
 """
 from __future__ import annotations
 
@@ -26,11 +29,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -48,7 +52,8 @@ Validator = Callable[[DSER], float]  # validation HR@k of a model (higher is bet
 class FitData:
     """What one fit needs, in dense index space (idx = rank of the sorted id).
 
-    ``user_pos`` holds each user's positives in time order. With ``windows``
+    ``user_pos`` holds each user's positives in time order (in a process of a
+    distributed fit: its shard's users', the others' are empty). With ``windows``
     the recent vectors are rebuilt from ``inputs.item_vectors`` and the
     sequences (mean of the last k_w items), so training contexts and serving
     vectors come from one function.
@@ -61,11 +66,11 @@ class FitData:
     windows: tuple[int, ...] = ()
 
     def __post_init__(self):
-        lengths = np.array([len(p) for p in self.user_pos], dtype=np.int64)
-        self.starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        self.lengths = np.array([len(p) for p in self.user_pos], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         flat = np.concatenate(self.user_pos) if len(self.user_pos) else np.empty(0, np.int64)
         self.flat_items = torch.from_numpy(np.searchsorted(self.item_ids, flat).astype(np.int64))
-        self.flat_user = torch.from_numpy(np.repeat(np.arange(len(self.user_pos)), lengths))
+        self.flat_user = torch.from_numpy(np.repeat(np.arange(len(self.user_pos)), self.lengths))
         if self.windows:
             self.inputs = dataclasses.replace(
                 self.inputs, windows=torch.tensor(self.windows, dtype=torch.long),
@@ -86,7 +91,7 @@ class FitData:
 
     def last_items(self) -> torch.Tensor:
         """(U, K) each user's last K item indexes, newest first (-1 pad)."""
-        ends = torch.from_numpy(self.starts + np.array([len(p) for p in self.user_pos], dtype=np.int64))
+        ends = torch.from_numpy(self.starts + self.lengths)
         k = self.max_window
         back = ends[:, None] - 1 - torch.arange(k)[None, :]
         ok = back >= torch.from_numpy(self.starts)[:, None]
@@ -96,8 +101,12 @@ class FitData:
 
 def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int,
                   weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(user_idx, item_idx, label) for one epoch: positives + fresh negatives (drawn by ``weights``)."""
-    batch = pd.DataFrame({"user_id": data.user_ids, "pos_items": data.user_pos})
+    """(user_idx, item_idx, label) for one epoch: positives + fresh negatives (drawn by ``weights``).
+
+    Users without positives (in a distributed fit: the other processes' users) draw nothing.
+    """
+    has = data.lengths > 0
+    batch = pd.DataFrame({"user_id": data.user_ids[has], "pos_items": [p for p, h in zip(data.user_pos, has) if h]})
     df = samples_for_users(batch, data.item_ids, negatives, seed, epoch, weights)
     u = np.searchsorted(data.user_ids, df["user_id"].to_numpy())
     i = np.searchsorted(data.item_ids, df["item_id"].to_numpy())
@@ -116,7 +125,7 @@ def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: 
     n_pos = len(data.flat_items)
     items = np.full((n_pos, 1 + negatives), -1, dtype=np.int64)
     # samples_for_users emits, user by user, the positives (in order) then their negatives
-    lengths = np.array([len(p) for p in data.user_pos], dtype=np.int64)
+    lengths = data.lengths
     is_pos = y == 1
     items[:, 0] = i[is_pos]
     neg_user = u[~is_pos]
@@ -157,7 +166,8 @@ def group_loss(logits: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Te
         return (per * mask).sum() / mask.sum().clamp(min=1.0)
     if kind == "softmax":
         masked = logits.masked_fill(valid == 0, float("-inf"))
-        return torch.nn.functional.cross_entropy(masked, torch.zeros(len(logits), dtype=torch.long))
+        return torch.nn.functional.cross_entropy(masked, torch.zeros(len(logits), dtype=torch.long,
+                                                                     device=logits.device))
     raise ValueError(f"unknown loss {kind!r}")
 
 
@@ -211,9 +221,77 @@ class Checkpoint:
                 pass
 
 
+@dataclass(frozen=True)
+class Replica:
+    """How one process of a data-parallel fit (``distributed``) takes part in ``fit``.
+
+    Its ``FitData`` holds every user of the fit but only its shard's positives;
+    the model, the optimiser and the epoch seeds are the same in every process.
+    """
+
+    total_positives: int                              # of the fit, over all processes: the global batches
+    wrap: Callable[[nn.Module], nn.Module]            # the data-parallel wrapper (DDP: averages gradients)
+    all_sum: Callable[[torch.Tensor], torch.Tensor]   # element-wise sum over the processes
+    device: torch.device = torch.device("cpu")
+
+
+class BatchScorer(nn.Module):
+    """Logits of a batch of (user, candidates) groups: the training step's forward (what DDP wraps)."""
+
+    def __init__(self, model: DSER):
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """(B, M) logits; ``context`` (B, K): the items before each positive (next-item training), else None."""
+        m = self.model
+        recent = window_means(m.item_vectors, context, m.windows) if context is not None else None
+        return m.score_items(m.user_part(users, recent), m.item_part(items.clamp(min=0)))
+
+
+def batch_edges(n: int, total: int, batch_size: int) -> list[int]:
+    """Bounds of a process's share of each global batch of ``batch_size`` out of ``total`` positives.
+
+    On the driver (``n == total``) the batches are consecutive slices of
+    ``batch_size``; a process holding ``n`` of them takes the same number of
+    steps with a share of ``n / total`` each, so the processes step together
+    and every step is one global batch of about ``batch_size``.
+    """
+    steps = -(-total // batch_size)
+    return np.minimum(np.arange(steps + 1) * batch_size * n // max(total, 1), n).tolist()
+
+
+def _summed(values: np.ndarray, replica: Replica | None) -> np.ndarray:
+    """``values`` summed over the processes of a distributed fit (as they are on the driver)."""
+    return values if replica is None else replica.all_sum(torch.from_numpy(values)).numpy()
+
+
+def train_epoch(step: nn.Module, opt: torch.optim.Optimizer, data: FitData,
+                groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor], order: torch.Tensor,
+                edges: Sequence[int], loss_kind: str, next_item: bool, device: torch.device,
+                bar: tqdm) -> float:
+    """One pass over an epoch's ``groups`` (``epoch_groups``) in the batches ``order[edges[k]:edges[k + 1]]``;
+    returns the sum over batches of loss x batch size. ``bar`` iterates over the batch numbers."""
+    users, positions, items = groups
+    total = 0.0
+    for k in bar:
+        start, stop = edges[k], edges[k + 1]
+        idx = order[start:stop]
+        u, cand = users[idx].to(device), items[idx].to(device)
+        context = data.context(positions[idx]).to(device) if next_item else None
+        loss = group_loss(step(u, cand, context), (cand >= 0).float(), loss_kind)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        total += loss.item() * len(idx)
+        if k % 50 == 0:
+            bar.set_postfix(loss=f"{total / max(stop, 1):.4f}")
+    return total
+
+
 def pretrained_state(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, label: str,
-                     validate: Validator | None, epochs: int | None,
-                     checkpoint_dir: str | Path | None) -> dict[str, torch.Tensor]:
+                     validate: Validator | None, epochs: int | None, checkpoint_dir: str | Path | None,
+                     replica: Replica | None = None) -> dict[str, torch.Tensor]:
     """NCF pre-training: GMF and MLP fit alone, merged into the starting state of ``model_cfg``'s model.
 
     The fused output unit is ``[alpha * GMF's weights, (1 - alpha) * MLP's]`` with
@@ -224,7 +302,7 @@ def pretrained_state(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConf
     for name in ("GMF", "MLP"):
         sub = Path(checkpoint_dir) / f"pretrain-{name}" if checkpoint_dir else None
         parts[name] = fit(data, baseline_config(model_cfg, name), plain, seed, f"{label} pretrain {name}",
-                          validate, epochs, sub).model.state_dict()
+                          validate, epochs, sub, replica).model.state_dict()
     torch.manual_seed(seed)
     state = DSER(data.inputs, model_cfg).state_dict()
     for key in state:
@@ -240,23 +318,29 @@ def pretrained_state(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConf
 
 def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int,
         label: str = "train", validate: Validator | None = None, epochs: int | None = None,
-        checkpoint_dir: str | Path | None = None) -> Trained:
+        checkpoint_dir: str | Path | None = None, replica: Replica | None = None) -> Trained:
     """Train DSER with Adam on positives + fresh negatives per epoch.
 
     With ``validate`` the metric is computed before training and after each
     epoch; training stops after ``train.patience`` epochs without a gain and
     the best weights (possibly the untrained ones: epoch 0) are kept.
     ``epochs`` overrides ``train_cfg.epochs`` (a refit for the chosen count).
+    ``replica``: this is one process of a distributed fit (``validate`` must
+    then return the same value in every process).
     """
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
+    device = replica.device if replica is not None else torch.device("cpu")
     torch.manual_seed(seed)
-    model = DSER(data.inputs, model_cfg)
+    model = DSER(data.inputs, model_cfg).to(device)
+    step = BatchScorer(model) if replica is None else replica.wrap(BatchScorer(model))
     n_epochs = train_cfg.epochs if epochs is None else epochs
+    n_total = replica.total_positives if replica is not None else len(data.flat_items)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
                            lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)  # fused: ~12% faster
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
-    weights = negative_weights(train_cfg, lambda: np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids)))
+    weights = negative_weights(train_cfg, lambda: _summed(
+        np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids)), replica))
     ckpt = Checkpoint(checkpoint_dir, _fingerprint(data, model_cfg, train_cfg, seed) + f"-{n_epochs}")
     history: list[dict] = []
     best_state = copy.deepcopy(model.state_dict())
@@ -271,7 +355,7 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         log.info("%s: resumed from checkpoint after epoch %d", label, first)
     elif train_cfg.pretrain and model_cfg.use_gmf and model_cfg.use_mlp:
         model.load_state_dict(pretrained_state(data, model_cfg, train_cfg, seed, label, validate, epochs,
-                                               checkpoint_dir))
+                                               checkpoint_dir, replica))
         best_state = copy.deepcopy(model.state_dict())
     if resumed is None and validate is not None:
         best_metric = validate(model.eval())
@@ -279,30 +363,19 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
         log.info("%s epoch 0 (starting weights): validation HR %.4f", label, best_metric)
     stopped = validate is not None and train_cfg.patience and bad >= train_cfg.patience
     epochs_to_run = range(first, 0 if stopped else n_epochs)
-    for epoch, (users, positions, items) in prefetched_groups(data, train_cfg.negatives, seed, epochs_to_run,
-                                                              weights):
+    for epoch, groups in prefetched_groups(data, train_cfg.negatives, seed, epochs_to_run, weights):
         started = time.time()
+        users, _, items = groups
         order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
-        model.train()
-        total, batches = 0.0, range(0, len(users), train_cfg.batch_size)
+        edges = batch_edges(len(users), n_total, train_cfg.batch_size)
+        step.train()
         # a bar only on a terminal (disable=None); a log file gets the one line per epoch below
-        bar = tqdm(batches, desc=f"{label} epoch {epoch + 1}/{n_epochs}", unit="batch",
+        note = f" (best validation HR {best_metric:.4f})" if validate is not None else ""
+        bar = tqdm(range(len(edges) - 1), desc=f"{label} epoch {epoch + 1}/{n_epochs}{note}", unit="batch",
                    disable=None if train_cfg.show_progress else True, leave=False)
-        for step, start in enumerate(bar):
-            idx = order[start:start + train_cfg.batch_size]
-            u, cand = users[idx], items[idx]
-            recent = (window_means(model.item_vectors, data.context(positions[idx]), model.windows)
-                      if next_item else None)
-            logits = model.score_items(model.user_part(u, recent), model.item_part(cand.clamp(min=0)))
-            loss = group_loss(logits, (cand >= 0).float(), train_cfg.loss)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{total / (start + len(idx)):.4f}",
-                                val_hr=f"{best_metric:.4f}" if validate else "-")
-        entry = {"epoch": epoch + 1, "loss": total / max(len(users), 1), "samples": int(items.ge(0).sum()),
+        total = train_epoch(step, opt, data, groups, order, edges, train_cfg.loss, next_item, device, bar)
+        total, samples = _summed(np.array([total, float(items.ge(0).sum())]), replica).tolist()
+        entry = {"epoch": epoch + 1, "loss": total / max(n_total, 1), "samples": int(samples),
                  "seconds": time.time() - started}
         model.eval()
         if validate is not None:
