@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib
 import logging
 import sys
+import threading
 from pathlib import Path
 
 from dser_spark.config import Config, ConfigError, annotated_yaml, load_config, markdown_table
@@ -82,23 +84,29 @@ def main(argv: list[str] | None = None) -> int:
         from dser_spark.serving.launch import run
 
         return run(cfg, args.command, args.host, args.port)
-    from dser_spark.pipeline import Options
-
-    opts = Options(model=getattr(args, "model", None), force=getattr(args, "force", False),
-                   from_stage=getattr(args, "from_stage", "prepare"))
-    return run_stage_command(cfg, args.command, args.dt, opts)
+    return run_stage_command(cfg, args)
 
 
-def run_stage_command(cfg: Config, stage: str, dt: str, opts) -> int:
-    """Run one stage or the nightly and map the outcome to the exit code (see EXIT_CODES)."""
+def run_stage_command(cfg: Config, args: argparse.Namespace) -> int:
+    """Run one stage or the nightly and map the outcome to the exit code (see EXIT_CODES).
+
+    The stages' modules (torch, gensim: seconds of imports) load in a thread while the JVM starts.
+    """
+    loading = threading.Thread(target=importlib.import_module, args=("dser_spark.pipeline",), daemon=True)
+    loading.start()
+    from dser_spark.session import build_session
+
+    spark = build_session(cfg)
+    loading.join()
     from dser_spark import pipeline
     from dser_spark.prepare import DataError
     from dser_spark.publish import BackfillRefused
     from dser_spark.runs import GateRefused
-    from dser_spark.session import build_session
     from dser_spark.tables import ValidationError
 
-    spark = build_session(cfg)
+    stage, dt = args.command, args.dt
+    opts = pipeline.Options(model=getattr(args, "model", None), force=getattr(args, "force", False),
+                            from_stage=getattr(args, "from_stage", "prepare"))
     try:
         if stage == "nightly":
             print(summary(cfg, dt, pipeline.run_nightly(spark, cfg, dt, opts)))

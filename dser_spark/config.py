@@ -108,6 +108,9 @@ class EmbedConfig:
     content_epochs: int = setting(20, "Doc2Vec epochs over the item content documents", gt=0)
     workers: int = setting(1, "gensim worker threads; only 1 is reproducible (the same seed gives the "
                               "same vectors), more is faster", gt=0)
+    on_executor: bool = setting(False, "run the Doc2Vec fits in executors (one Python worker per fit, through a "
+                                       "grouped pandas UDF) instead of the driver, so the driver can stay small; "
+                                       "the same vectors either way")
 
 
 @dataclass
@@ -181,6 +184,14 @@ class TrainConfig:
                                       "system temp directory)")
     threads: int = setting(0, "torch intra-op threads (0: torch's default; 1 is robust on a busy machine)",
                            ge=0)
+    distributed: bool = setting(False, "train with pyspark's TorchDistributor (DDP, `train.processes` processes, "
+                                       "each reading its shard of users from the warehouse) instead of on the "
+                                       "driver; on the driver's machine under a `local` / `local[n]` master, as "
+                                       "barrier tasks on the executors otherwise")
+    processes: int = setting(2, "training processes of `train.distributed` (torch threads per process: the "
+                                "cores each one gets, at most `train.threads` when set)", gt=0)
+    use_gpu: bool = setting(False, "`train.distributed` on GPUs (NCCL; needs Spark's GPU resources: "
+                                   "`spark.task.resource.gpu.amount`, or the driver's for a local master)")
     show_progress: bool = setting(True, "a progress bar per epoch when stderr is a terminal (a log file gets one "
                                         "line per epoch either way)")
 
@@ -206,6 +217,9 @@ class EvaluateConfig:
     als_iter: int = setting(10, "ALS iterations", gt=0)
     baseline_epochs: int = setting(20, "maximum epochs of the GMF / MLP / NeuMF selection fits", gt=0)
     report: bool = setting(True, "write report.md and plots beside the model")
+    user_block: int = setting(64, "test users scored together, consecutive in id order (the blocks, and so "
+                                  "the metrics, do not depend on the partitioning)", gt=0)
+    partitions: int = setting(0, "partitions of the scoring job, one Spark task each (0: one per core)", ge=0)
 
 
 @dataclass

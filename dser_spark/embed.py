@@ -1,9 +1,11 @@
-"""Doc2Vec (gensim) embeddings of user sequences and item content, on the driver.
+"""Doc2Vec (gensim) embeddings of user sequences and item content, on the driver or in executors.
 
 User documents are each user's fit-scope item sequence in time order (items
 as tokens, tag = user). PV-DBOW trains item token vectors only with
 ``dbow_words=1``, which is always set. Deterministic with ``embed.workers: 1``
 (the default) and the seed; more workers are faster but not reproducible.
+With ``embed.on_executor`` each fit runs in one executor's Python worker (one
+group of a grouped pandas UDF) and gives the same vectors as on the driver.
 """
 from __future__ import annotations
 
@@ -14,8 +16,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
 from dser_spark.config import EmbedConfig
+from dser_spark.sequences import scope_sequences
 
 log = logging.getLogger("dser_spark")
 
@@ -82,3 +87,44 @@ def embed_content(items: pd.DataFrame, cfg: EmbedConfig, seed: int) -> np.ndarra
                     negative=cfg.negative, hs=0, dm=0, dbow_words=1, epochs=cfg.content_epochs,
                     workers=cfg.workers, seed=seed, sample=0)
     return np.stack([model.dv[str(i)] for i in items["item_id"]]).astype(np.float32)
+
+
+SEQUENCE_ROWS = "kind string, scope string, id int, vector array<float>, out_vector array<float>"
+CONTENT_ROWS = "item_id int, vector array<float>"
+
+
+def sequence_rows(scope: str, emb: SequenceEmbedding) -> pd.DataFrame:
+    """One scope's vectors as rows: ``kind`` "user" (paragraph vectors) or "item" (token + output vectors)."""
+    users = pd.DataFrame({"kind": "user", "scope": scope, "id": emb.user_ids.astype(np.int32),
+                          "vector": list(emb.user_vectors), "out_vector": None})
+    items = pd.DataFrame({"kind": "item", "scope": scope, "id": emb.item_ids.astype(np.int32),
+                          "vector": list(emb.item_vectors), "out_vector": list(emb.item_out_vectors)})
+    return pd.concat([users, items], ignore_index=True)
+
+
+def sequences_on_executors(sequences: DataFrame, scopes: list[str], item_ids: np.ndarray, cfg: EmbedConfig,
+                           seed: int) -> DataFrame:
+    """Every scope's sequence Doc2Vec as ``SEQUENCE_ROWS``, each scope fitted in one Python worker.
+
+    ``sequences`` is the warehouse table; each scope gets a copy of it (a group
+    of the UDF) and cuts its own sequences, exactly as the driver path does.
+    """
+    spark = sequences.sparkSession
+    keyed = sequences.select("user_id", "item_ids", "has_validation", "has_test").crossJoin(
+        spark.createDataFrame([(scope,) for scope in scopes], "scope string"))
+
+    def fit(frame: pd.DataFrame) -> pd.DataFrame:
+        scope = str(frame["scope"].iloc[0])
+        return sequence_rows(scope, embed_sequences(*scope_sequences(frame, scope), item_ids, cfg, seed))
+
+    return keyed.groupBy("scope").applyInPandas(fit, SEQUENCE_ROWS)
+
+
+def content_on_executor(items: DataFrame, item_ids: np.ndarray, cfg: EmbedConfig, seed: int) -> DataFrame:
+    """The item content Doc2Vec as ``CONTENT_ROWS``, fitted in one Python worker over all of ``items``."""
+    def fit(frame: pd.DataFrame) -> pd.DataFrame:
+        aligned = frame.drop(columns="one").set_index("item_id").reindex(item_ids).reset_index()
+        return pd.DataFrame({"item_id": item_ids.astype(np.int32),
+                             "vector": list(embed_content(aligned, cfg, seed))})
+
+    return items.withColumn("one", F.lit(1)).groupBy("one").applyInPandas(fit, CONTENT_ROWS)

@@ -95,11 +95,10 @@ def publish(spark: SparkSession, cfg: Config, df: DataFrame, name: str, dt: str,
     path = f"{PARTITION}={dt}/{version}"
     uri = f"{tables.table_uri(cfg, name)}/{path}"
     try:
-        df.write.mode("errorifexists").parquet(uri)
+        rows = tables.write_parquet(df, uri)
         written = spark.read.parquet(uri)
         for check in validate:
             check(written)
-        rows = written.count()
     except BaseException:
         fs.delete(uri)
         raise
@@ -110,7 +109,7 @@ def publish(spark: SparkSession, cfg: Config, df: DataFrame, name: str, dt: str,
     dropped, kept = kept[:max(0, len(kept) - cfg.publish.retain)], kept[-cfg.publish.retain:]
     tables.write_json(spark, cfg, f"{name}/{MANIFEST}",
                       {"table": name, "latest": kept[-1][PARTITION], "partitions": kept})
-    _point_catalog(spark, cfg, name, written.schema, kept, [p[PARTITION] for p in dropped])
+    _point_catalog(spark, cfg, name, written.schema, kept, dt, [p[PARTITION] for p in dropped])
     _remove_unreferenced(spark, cfg, name, {p["path"] for p in kept})
     record = tables.ACTIVITY.get()
     if record is not None:
@@ -118,14 +117,17 @@ def publish(spark: SparkSession, cfg: Config, df: DataFrame, name: str, dt: str,
     return uri
 
 
-def _point_catalog(spark: SparkSession, cfg: Config, name: str, schema, kept: list[dict], dropped: list[str]) -> None:
-    """The catalog table's partitions: each kept ``dt`` at its version, the dropped ones gone."""
+def _point_catalog(spark: SparkSession, cfg: Config, name: str, schema, kept: list[dict], new_dt: str,
+                   dropped: list[str]) -> None:
+    """The catalog table's partitions: each kept ``dt`` at its version (the others are added only where the
+    catalog lacks them, e.g. a new metastore), ``new_dt`` moved to its new version, the dropped ones gone."""
     qualified = f"{tables.ensure_database(spark, cfg)}.{name}"
     tables.register_table(spark, cfg, name, schema, partitioned=True)
     for part in kept:
         spec = f"PARTITION ({PARTITION}='{part[PARTITION]}')"
         spark.sql(f"ALTER TABLE {qualified} ADD IF NOT EXISTS {spec} LOCATION '{part['location']}'")
-        spark.sql(f"ALTER TABLE {qualified} {spec} SET LOCATION '{part['location']}'")
+        if part[PARTITION] == new_dt:
+            spark.sql(f"ALTER TABLE {qualified} {spec} SET LOCATION '{part['location']}'")
     for dt in dropped:
         log.info("retention: removing %s %s=%s", name, PARTITION, dt)
         spark.sql(f"ALTER TABLE {qualified} DROP IF EXISTS PARTITION ({PARTITION}='{dt}')")

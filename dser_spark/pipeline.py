@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dser_spark import embed, evaluate, models, prepare, publish, recommend, report, runs, selection, sequences, tables
+from dser_spark import (distributed, embed, evaluate, models, prepare, publish, recommend, report, runs, selection,
+                        sequences, tables)
 from dser_spark.config import Config, from_dict
 from dser_spark.model import Inputs
 from dser_spark.sequences import EVAL, SELECT, TEST
@@ -40,15 +42,15 @@ def checkpoints(cfg: Config, mid: str) -> str:
 
 
 class WarehouseData:
-    """The warehouse tables a fit reads, gathered on the driver once per stage.
+    """The warehouse tables a fit reads, gathered on the driver.
 
-    The ``sequences`` table is collected once and every scope is cut from it;
-    the Doc2Vec vectors are read per scope. Implements ``selection.FitSource``.
+    Tables are collected at most once per version per process (``tables.collect``):
+    every scope is cut from the one ``sequences`` frame, every scope's vectors
+    from the one vector frame. Implements ``selection.FitSource``.
     """
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark, self.cfg = spark, cfg
-        self._sequences: pd.DataFrame | None = None
         self._universe: np.ndarray | None = None
         self._fits: dict[str, FitData] = {}
 
@@ -59,15 +61,15 @@ class WarehouseData:
     def universe(self) -> np.ndarray:
         """Sorted ids of every item with an interaction."""
         if self._universe is None:
-            self._universe = sequences.item_universe(self.table("interactions"))
+            self._universe = tables.derived(self.spark, self.cfg, "interactions", "item universe",
+                                            sequences.item_universe)
         return self._universe
 
     def scope_sequences(self, scope: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """(sorted user ids, each one's items in time order) of ``scope``."""
-        if self._sequences is None:
-            self._sequences = self.table("sequences").select("user_id", "item_ids", "has_validation",
-                                                             "has_test").toPandas()
-        return sequences.scope_sequences(self._sequences, scope)
+        frame = tables.collect(self.spark, self.cfg, "sequences", ["user_id", "item_ids", "has_validation",
+                                                                  "has_test"])
+        return sequences.scope_sequences(frame, scope)
 
     def fit_data(self, scope: str) -> FitData:
         """Everything one fit of ``scope`` needs; positives in time order, so the recent windows and the
@@ -95,10 +97,12 @@ class WarehouseData:
     def _vectors(self, name: str, key: str, ids: np.ndarray, scope: str | None,
                  column: str = "vector") -> torch.Tensor:
         """Vectors of table ``name`` aligned with ``ids`` (zeros where missing)."""
-        df = self.table(name)
+        columns = [key, "vector"] + (["out_vector"] if name == "item_seq_vectors" else []) + \
+            (["scope"] if scope is not None else [])
+        pdf = tables.collect(self.spark, self.cfg, name, columns)
         if scope is not None:
-            df = df.filter(F.col("scope") == scope)
-        pdf = df.select(key, column).toPandas().set_index(key)
+            pdf = pdf[pdf["scope"] == scope]
+        pdf = pdf.set_index(key)
         dim = len(pdf[column].iloc[0])
         out = np.zeros((len(ids), dim), dtype=np.float32)
         pos = pd.Index(pdf.index).get_indexer(ids)
@@ -110,9 +114,10 @@ class WarehouseData:
 # ---------------------------------------------------------------- prepare
 def run_prepare(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
     """Raw files -> interactions, items, rejected_rows."""
-    prepared = prepare.prepare(spark, cfg)
+    with runs.step(spark, "read and check the source files"):
+        prepared = prepare.prepare(spark, cfg)
     for name in ("interactions", "items", "rejected_rows"):
-        tables.write_table(spark, cfg, getattr(prepared, name), name)
+        _write(spark, cfg, getattr(prepared, name), name)
     prepared.unpersist()
     log.info("prepare: %s", prepared.summary)
     _note(rejected_rows=prepared.summary["rejected_total"], rejected=prepared.summary["rejected"])
@@ -124,9 +129,9 @@ def run_sequences(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
     """interactions -> sequences, splits, eval_candidates (and train_samples when asked for)."""
     out = sequences.build(spark, cfg, tables.read_table(spark, cfg, "interactions"))
     for name in ("sequences", "splits", "eval_candidates"):
-        tables.write_table(spark, cfg, getattr(out, name), name)
+        _write(spark, cfg, getattr(out, name), name)
     if out.train_samples is not None:
-        tables.write_table(spark, cfg, out.train_samples, "train_samples")
+        _write(spark, cfg, out.train_samples, "train_samples")
     else:  # never leave samples of another run's settings behind
         tables.drop_table(spark, cfg, "train_samples")
     splits = tables.read_table(spark, cfg, "splits")
@@ -137,37 +142,78 @@ def run_sequences(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
 
 # ------------------------------------------------------------------ embed
 def run_embed(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
-    """Doc2Vec per fit scope -> user_vectors, item_seq_vectors; item content -> item_content_vectors."""
+    """Doc2Vec per fit scope -> user_vectors, item_seq_vectors; item content -> item_content_vectors.
+
+    On the driver (the default) or in executors (``embed.on_executor``): the same vectors either way.
+    """
     data = WarehouseData(spark, cfg)
-    universe = data.universe
-    users_out, items_out = [], []
-    for scope in selection.scopes(cfg):
-        user_ids, seqs = data.scope_sequences(scope)
-        log.info("embed[%s]: Doc2Vec over %d users", scope, len(user_ids))
-        emb = embed.embed_sequences(user_ids, seqs, universe, cfg.embed, cfg.seed)
-        users_out.append(pd.DataFrame({"user_id": user_ids.astype(np.int32), "vector": list(emb.user_vectors),
-                                       "scope": scope}))
-        items_out.append(pd.DataFrame({"item_id": universe.astype(np.int32), "vector": list(emb.item_vectors),
-                                       "out_vector": list(emb.item_out_vectors), "scope": scope}))
+    universe, scopes = data.universe, selection.scopes(cfg)
+    place = _embed_on_executors if cfg.embed.on_executor else _embed_on_driver
+    with runs.step(spark, "doc2vec"):
+        rows, content = place(spark, cfg, data, universe, scopes)
+    for name, df in _vector_tables(rows, content).items():
+        _write(spark, cfg, df, name)
+    rows.unpersist(), content.unpersist()
+    return {"users": tables.row_count(spark, cfg, "sequences"), "items": len(universe), "scopes": scopes}
+
+
+def _embed_on_driver(spark: SparkSession, cfg: Config, data: WarehouseData, universe: np.ndarray,
+                     scopes: list[str]) -> tuple[DataFrame, DataFrame]:
+    """(``embed.SEQUENCE_ROWS``, ``embed.CONTENT_ROWS``) from fits on the driver.
+
+    The fits are independent and each single-threaded by default, so they run side by side on the driver's
+    cores (each as reproducible as alone: seeded, ``embed.workers`` threads)."""
     items = data.table("items").toPandas().set_index("item_id").reindex(universe).reset_index()
-    content = embed.embed_content(items, cfg.embed, cfg.seed)
-    frames = {
-        "user_vectors": (pd.concat(users_out), "user_id int, vector array<float>, scope string"),
-        "item_seq_vectors": (pd.concat(items_out),
-                             "item_id int, vector array<float>, out_vector array<float>, scope string"),
-        "item_content_vectors": (pd.DataFrame({"item_id": universe.astype(np.int32), "vector": list(content)}),
-                                 "item_id int, vector array<float>"),
+    inputs = {scope: data.scope_sequences(scope) for scope in scopes}
+    with ThreadPoolExecutor(_driver_cores(spark) // cfg.embed.workers or 1, thread_name_prefix="doc2vec") as pool:
+        fits = {scope: pool.submit(embed.embed_sequences, *inputs[scope], universe, cfg.embed, cfg.seed)
+                for scope in scopes}
+        content_fit = pool.submit(embed.embed_content, items, cfg.embed, cfg.seed)
+        rows, content = pd.concat([embed.sequence_rows(scope, f.result()) for scope, f in fits.items()]), \
+            content_fit.result()
+    content_rows = pd.DataFrame({"item_id": universe.astype(np.int32), "vector": list(content)})
+    return _to_spark(spark, rows, embed.SEQUENCE_ROWS), _to_spark(spark, content_rows, embed.CONTENT_ROWS)
+
+
+def _embed_on_executors(spark: SparkSession, cfg: Config, data: WarehouseData, universe: np.ndarray,
+                        scopes: list[str]) -> tuple[DataFrame, DataFrame]:
+    """As ``_embed_on_driver``, each fit in one executor's Python worker; cached for the three writes."""
+    rows = embed.sequences_on_executors(data.table("sequences"), scopes, universe, cfg.embed, cfg.seed)
+    content = embed.content_on_executor(data.table("items"), universe, cfg.embed, cfg.seed)
+    rows, content = rows.persist(), content.persist()
+    with ThreadPoolExecutor(2, thread_name_prefix="doc2vec") as pool:  # both jobs at once on a cluster
+        list(pool.map(lambda df: df.count(), [rows, content]))
+    return rows, content
+
+
+def _vector_tables(rows: DataFrame, content: DataFrame) -> dict[str, DataFrame]:
+    """The three vector tables from ``embed.SEQUENCE_ROWS`` and ``embed.CONTENT_ROWS``."""
+    users, items = rows.filter(F.col("kind") == "user"), rows.filter(F.col("kind") == "item")
+    return {
+        "user_vectors": users.select(F.col("id").alias("user_id"), "vector", "scope"),
+        "item_seq_vectors": items.select(F.col("id").alias("item_id"), "vector", "out_vector", "scope"),
+        "item_content_vectors": content,
     }
-    for name, (pdf, schema) in frames.items():
-        tables.write_table(spark, cfg, _to_spark(spark, pdf, schema), name)
-    return {"users": len(users_out[-1]), "items": len(universe), "scopes": selection.scopes(cfg)}
+
+
+def _write(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> None:
+    """``tables.write_table`` as a step of the running stage."""
+    with runs.step(spark, f"write {name}"):
+        tables.write_table(spark, cfg, df, name)
+
+
+def _driver_cores(spark: SparkSession) -> int:
+    """Cores the driver process may use: its local master's, else ``spark.driver.cores``."""
+    if distributed.is_local_master(spark.sparkContext.master):
+        return spark.sparkContext.defaultParallelism
+    return int(spark.conf.get("spark.driver.cores", "1"))
 
 
 def _to_spark(spark: SparkSession, pdf: pd.DataFrame, schema: str) -> DataFrame:
     """A driver-side pandas frame as a Spark DataFrame with an explicit schema."""
     for col in pdf.columns:
-        if pdf[col].dtype == object and len(pdf) and isinstance(pdf[col].iloc[0], np.ndarray):
-            pdf[col] = [v.astype(np.float32).tolist() for v in pdf[col]]
+        if pdf[col].dtype == object and any(isinstance(v, np.ndarray) for v in pdf[col]):
+            pdf[col] = [v.astype(np.float32).tolist() if isinstance(v, np.ndarray) else v for v in pdf[col]]
     return spark.createDataFrame(pdf, schema)
 
 
@@ -178,7 +224,8 @@ def run_train(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
     The id hashes the data fingerprint and the training keys: a model already
     trained on the same data with the same settings is reused, not refit.
     """
-    fingerprint = models.data_fingerprint(spark, cfg)
+    with runs.step(spark, "data fingerprint"):
+        fingerprint = models.data_fingerprint(spark, cfg)
     mid = models.model_id(cfg, fingerprint)
     _note(model_id=mid, fingerprint=fingerprint)
     if cfg.train.reuse_model and models.manifest(spark, cfg, mid) is not None:
@@ -186,9 +233,11 @@ def run_train(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
         models.note_trained_for(spark, cfg, mid, dt)
         return {"model_id": mid, "reused": True}
     refits = [sc for sc in selection.scopes(cfg) if sc != SELECT]
-    fits, _ = selection.select_and_refit(cfg, WarehouseData(spark, cfg), cfg.model, "DSER", refits,
-                                         checkpoints(cfg, mid))
-    models.store(spark, cfg, mid, fits, fingerprint, dt)
+    with runs.step(spark, f"fits: select, {', '.join(refits)}"):
+        fits, _ = selection.select_and_refit(cfg, WarehouseData(spark, cfg), cfg.model, "DSER", refits,
+                                             checkpoints(cfg, mid))
+    with runs.step(spark, "store the model"):
+        models.store(spark, cfg, mid, fits, fingerprint, dt)
     log.info("train: stored model %s (%s), now models/_latest", mid, ", ".join(fits))
     return {"model_id": mid, "epochs": fits[EVAL].best_epoch}
 
@@ -216,31 +265,34 @@ def run_evaluate(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> pd
     choices made on the validation item, and scored once on test. Returns the
     sampled-protocol rows (what the nightly summary prints).
     """
-    mid, data = resolve_model(spark, cfg, dt, opts), WarehouseData(spark, cfg)
-    trained, _ = models.load(spark, cfg, mid, EVAL)
-    rankers = {"DSER": evaluate.model_ranker(trained)}
+    e, mid, data = cfg.evaluate, resolve_model(spark, cfg, dt, opts), WarehouseData(spark, cfg)
+    trained, files = models.load(spark, cfg, mid, EVAL)
+    shipped: dict[str, evaluate.Model] = {"DSER": evaluate.KernelModel(files)}
     histories, notes = {"DSER": trained.history}, {"DSER": f"epochs {trained.best_epoch}"}
-    for name in cfg.evaluate.baselines:
+    for name in e.baselines:
         started = time.time()
-        rankers[name], history, notes[name] = selection.baseline_ranker(cfg, data, name, checkpoints(cfg, mid))
+        with runs.step(spark, f"baseline {name}"):
+            shipped[name], history, notes[name] = selection.baseline_model(cfg, data, name, checkpoints(cfg, mid))
         if history is not None:
             histories[name] = history
         log.info("evaluate: baseline %s ready in %.0fs", name, time.time() - started)
-    fit = data.fit_data(EVAL)
-    rows = evaluate.evaluate_rankers(rankers, data.candidates(TEST), fit.item_ids,
-                                     dict(zip(fit.user_ids.tolist(), fit.user_pos)),
-                                     sorted(set(cfg.evaluate.ks) | {cfg.evaluate.k}), cfg.evaluate.full_ranking,
-                                     cfg.evaluate.coverage_k, cfg.evaluate.k)
+    with runs.step(spark, f"score {len(shipped)} models"):
+        rows = evaluate.evaluate_models(shipped, data.table("eval_candidates").filter(F.col("split") == TEST),
+                                        data.positives(EVAL) if e.full_ranking else None, data.universe,
+                                        sorted(set(e.ks) | {e.k}), e)
+    for name, hr in rows[(rows["metric"] == "HR") & (rows["k"] == e.k)][["model", "value"]].to_numpy():
+        log.info("evaluate: %s HR@%d %.4f", name, e.k, hr)
     rows.insert(0, "model_id", mid)
     rows.insert(0, "dt", dt)
     rows.insert(0, "run_id", runs.run_id(cfg, dt))
-    write_metrics(spark, cfg, rows, dt, mid)
+    with runs.step(spark, "write metrics"):
+        write_metrics(spark, cfg, rows, dt, mid)
     dser = rows[rows["model"] == "DSER"]
     models.update_manifest(spark, cfg, mid, evaluated_for=dt, test={
         f"{p} {m}@{k}" if m != "MRR" else f"{p} MRR": v
         for p, m, k, v in zip(dser["protocol"], dser["metric"], dser["k"], dser["value"])})
     if cfg.evaluate.report:
-        with tempfile.TemporaryDirectory() as tmp:
+        with runs.step(spark, "report"), tempfile.TemporaryDirectory() as tmp:
             report.write_report(Path(tmp) / "report", mid, rows, histories, notes, cfg)
             tables.put_directory(spark, cfg, str(Path(tmp) / "report"), f"{models.ROOT}/{mid}/report")
     return rows[rows["protocol"] == "sampled"].reset_index(drop=True)
@@ -278,7 +330,8 @@ def run_recommend(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
     rc = cfg.recommend
     publish.check_backfill(spark, cfg, dt)
     mid = resolve_model(spark, cfg, dt, opts)
-    decision = publish.quality_gate(spark, cfg, mid, opts.force)
+    with runs.step(spark, "quality gate"):
+        decision = publish.quality_gate(spark, cfg, mid, opts.force)
     log.info("%s", decision)
     _note(quality_gate=decision)
     trained, files = models.load(spark, cfg, mid, selection.serving_scope(trained_config(spark, cfg, mid)))
@@ -288,11 +341,13 @@ def run_recommend(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
     recs = recommend.recommend_all(spark, files, interactions, rc, users, items).withColumn("model_run_id",
                                                                                             F.lit(mid))
     targets = interactions.select("user_id").distinct() if users is None else users
-    location = publish.publish_recommendations(spark, cfg, recs, dt, targets,
-                                               trained.item_ids if items is None else items, interactions)
+    with runs.step(spark, "score, check and publish"):
+        location = publish.publish_recommendations(spark, cfg, recs, dt, targets,
+                                                   trained.item_ids if items is None else items, interactions)
     published = models.manifest(spark, cfg, mid)["published"]
     models.update_manifest(spark, cfg, mid, published=sorted({*published, dt}))
-    models.retain(spark, cfg, publish.published_models(spark, cfg))
+    with runs.step(spark, "retain models"):
+        models.retain(spark, cfg, publish.published_models(spark, cfg))
     by_source = (spark.read.parquet(location).groupBy("source")
                  .agg(F.countDistinct("user_id").alias("users")).collect())
     sources = {r["source"]: r["users"] for r in by_source}

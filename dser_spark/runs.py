@@ -56,12 +56,43 @@ class StageRecord:
     read: set[str] = field(default_factory=set)
     written: dict[str, int] = field(default_factory=dict)
     details: dict = field(default_factory=dict)   # stage-specific: model used, rejected rows, ...
+    steps: list[dict] = field(default_factory=list)  # {"step", "seconds", "spark_jobs"} in the order they ended
 
     def note_read(self, name: str) -> None:
         self.read.add(name)
 
     def note_written(self, name: str, rows: int) -> None:
         self.written[name] = self.written.get(name, 0) + rows
+
+
+def _job_group(spark: SparkSession, group: str) -> None:
+    spark.sparkContext.setJobGroup(group, group)
+
+
+def _jobs(spark: SparkSession, group: str) -> int:
+    return len(spark.sparkContext.statusTracker().getJobIdsForGroup(group))
+
+
+@contextlib.contextmanager
+def step(spark: SparkSession, name: str) -> Iterator[None]:
+    """Time one step of the running stage (wall seconds, Spark jobs) into its record's ``steps``."""
+    record = tables.ACTIVITY.get()
+    if record is None:
+        yield
+        return
+    group, started = f"dser:{record.run_id}:{record.stage}:{name}", time.time()
+    outer = spark.sparkContext.getLocalProperty("spark.jobGroup.id") or _stage_group(record)
+    _job_group(spark, group)
+    try:
+        yield
+    finally:
+        _job_group(spark, outer)
+        record.steps.append({"step": name, "seconds": round(time.time() - started, 2),
+                             "spark_jobs": _jobs(spark, group)})
+
+
+def _stage_group(record: StageRecord) -> str:
+    return f"dser:{record.run_id}:{record.stage}"
 
 
 class GateRefused(RuntimeError):
@@ -75,6 +106,7 @@ def recorded(spark: SparkSession, cfg: Config, stage: str, dt: str) -> Iterator[
     previous = tables.read_json(spark, cfg, record_name(cfg, dt, stage)) or {}
     started, token = time.time(), tables.ACTIVITY.set(record)
     status, error = "ok", None
+    _job_group(spark, _stage_group(record))
     try:
         yield record
     except GateRefused as exc:
@@ -85,6 +117,7 @@ def recorded(spark: SparkSession, cfg: Config, stage: str, dt: str) -> Iterator[
         raise
     finally:
         tables.ACTIVITY.reset(token)
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
         _write(spark, cfg, record, previous, started, status, error)
 
 
@@ -95,8 +128,10 @@ def _write(spark: SparkSession, cfg: Config, record: StageRecord, previous: dict
         "run_id": record.run_id, "stage": record.stage, "dt": record.dt, "status": status, "error": error,
         "started": _iso(started), "ended": _iso(ended), "seconds": round(ended - started, 1),
         "attempt": previous.get("attempt", 0) + 1,
-        "tables_read": {name: _rows(spark, cfg, name) for name in sorted(record.read)},
+        "tables_read": {name: tables.row_count(spark, cfg, name) for name in sorted(record.read)},
         "tables_written": dict(sorted(record.written.items())),
+        "steps": record.steps,
+        "spark_jobs": _jobs(spark, _stage_group(record)) + sum(s["spark_jobs"] for s in record.steps),
         **record.details,
         "spark_master": spark.sparkContext.master, "package_version": package_version(), "config": cfg.to_dict(),
     }
@@ -109,11 +144,3 @@ def _write(spark: SparkSession, cfg: Config, record: StageRecord, previous: dict
 
 def _iso(seconds: float) -> str:
     return _dt.datetime.fromtimestamp(seconds, _dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _rows(spark: SparkSession, cfg: Config, name: str) -> int | None:
-    """Rows of a table as it is now (Parquet footers only), None if it is gone."""
-    try:
-        return tables.read_table(spark, cfg, name).count()
-    except FileNotFoundError:
-        return None

@@ -21,9 +21,11 @@ import logging
 import re
 import uuid
 from contextvars import ContextVar
-from typing import Callable, Iterable
+from typing import Callable, TypeVar
 
-from pyspark.sql import DataFrame, SparkSession
+import pandas as pd
+from pyspark.sql import DataFrame, Observation, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
 
 from dser_spark.config import Config
@@ -192,39 +194,83 @@ def swap_in(spark: SparkSession, cfg: Config, staged: str, final: str) -> None:
     fs.delete(_trash_dir(cfg, final))
 
 
-def _stage(spark: SparkSession, cfg: Config, df: DataFrame, label: str,
-           validate: Iterable[Callable[[DataFrame], None]]) -> tuple[str, StructType]:
-    """Write ``df`` to a fresh staging directory and run ``validate`` on what was written."""
+def write_parquet(df: DataFrame, uri: str) -> int:
+    """Write ``df`` as Parquet at a new ``uri``; returns its row count, observed during the write itself."""
+    observed = Observation()
+    df.observe(observed, F.count(F.lit(1)).alias("rows")).write.mode("errorifexists").parquet(uri)
+    return int(observed.get["rows"])
+
+
+def _stage(spark: SparkSession, cfg: Config, df: DataFrame, label: str) -> tuple[str, StructType, int]:
+    """Write ``df`` to a fresh staging directory; returns it, the written schema and the row count."""
     fs = filesystem(spark, cfg)
     _clear_staging(fs, cfg, label)
     staged = staging_uri(cfg, label)
     try:
-        df.write.mode("errorifexists").parquet(staged)
-        written = spark.read.parquet(staged)
-        for check in validate:
-            check(written)
+        rows = write_parquet(df, staged)
+        schema = spark.read.parquet(staged).schema
     except BaseException:
         fs.delete(staged)
         raise
-    return staged, written.schema
+    return staged, schema, rows
 
 
 def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> str:
     """Write ``df`` as table ``name`` atomically and register it; returns its URI."""
     final = table_uri(cfg, name)
-    restore_interrupted(filesystem(spark, cfg), cfg, final)
-    staged, schema = _stage(spark, cfg, df, name, ())
+    fs = filesystem(spark, cfg)
+    restore_interrupted(fs, cfg, final)
+    staged, schema, rows = _stage(spark, cfg, df, name)
     swap_in(spark, cfg, staged, final)
     register_table(spark, cfg, name, schema)
-    _note_written(spark, name, final)
+    _ROWS[final] = (_signature(fs, final), rows)
+    record = ACTIVITY.get()
+    if record is not None:
+        record.note_written(name, rows)
     return final
 
 
-def _note_written(spark: SparkSession, name: str, location: str) -> None:
-    """Tell the running stage's record how many rows ``name`` got (Parquet footers only)."""
-    record = ACTIVITY.get()
-    if record is not None:
-        record.note_written(name, spark.read.parquet(location).count())
+# table URI -> (its files' names and sizes, rows): tables this process wrote or counted
+_ROWS: dict[str, tuple[tuple, int]] = {}
+
+
+def _signature(fs: HadoopFS, uri: str) -> tuple:
+    """What changes whenever a table is rewritten: its files' names (unique per write) and sizes."""
+    return tuple(sorted(fs.list_files(uri).items()))
+
+
+# (table URI, what) -> (the table's signature, value): driver-side results derived from a table,
+# computed at most once per version of the table in this process (the stages of a nightly share them)
+_DERIVED: dict[tuple[str, str], tuple[tuple, object]] = {}
+
+
+def derived(spark: SparkSession, cfg: Config, name: str, what: str, compute: Callable[[DataFrame], T]) -> T:
+    """``compute(table)``, remembered under ``what`` until table ``name`` is rewritten. Callers must not
+    modify what it returns."""
+    df = read_table(spark, cfg, name)
+    key = (table_uri(cfg, name), what)
+    signature = _signature(filesystem(spark, cfg), key[0])
+    known = _DERIVED.get(key)
+    if known is None or known[0] != signature:
+        known = _DERIVED[key] = (signature, compute(df))
+    return known[1]
+
+
+def collect(spark: SparkSession, cfg: Config, name: str, columns: list[str]) -> pd.DataFrame:
+    """``columns`` of table ``name`` on the driver, collected at most once per version of the table."""
+    return derived(spark, cfg, name, "columns " + ",".join(columns), lambda df: df.select(*columns).toPandas())
+
+
+def row_count(spark: SparkSession, cfg: Config, name: str) -> int | None:
+    """Rows of table ``name`` as it is now, None if it is gone; counted once per version of the table."""
+    uri, fs = table_uri(cfg, name), filesystem(spark, cfg)
+    if not fs.exists(uri):
+        return None
+    signature = _signature(fs, uri)
+    known = _ROWS.get(uri)
+    if known is None or known[0] != signature:
+        known = _ROWS[uri] = (signature, spark.read.parquet(uri).count())
+    return known[1]
 
 
 def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
@@ -240,17 +286,28 @@ def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
 def drop_table(spark: SparkSession, cfg: Config, name: str) -> None:
     """Remove table ``name`` from the catalog and the warehouse, if it is there."""
     spark.sql(f"DROP TABLE IF EXISTS {ensure_database(spark, cfg)}.{name}")
+    _CATALOG.pop((spark.sparkContext.applicationId, "table", f"{cfg.warehouse.database}.{name}"), None)
     fs, uri = filesystem(spark, cfg), table_uri(cfg, name)
     if fs.exists(uri):
         log.info("removing table %s at %s", name, uri)
         fs.delete(uri)
 
 
+T = TypeVar("T")
+
+# what this process already made sure of in the catalog of a Spark application: databases, and each
+# table's (location, columns); saves metastore round trips on every write
+_CATALOG: dict[tuple, object] = {}
+
+
 def ensure_database(spark: SparkSession, cfg: Config) -> str:
     """Create the catalog database once; returns its name."""
     db = cfg.warehouse.database
-    if not spark.catalog.databaseExists(db):
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION '{root_uri(cfg)}'")
+    key = (spark.sparkContext.applicationId, "database", db)
+    if key not in _CATALOG:
+        if not spark.catalog.databaseExists(db):
+            spark.sql(f"CREATE DATABASE IF NOT EXISTS {db} LOCATION '{root_uri(cfg)}'")
+        _CATALOG[key] = True
     return db
 
 
@@ -280,13 +337,15 @@ def register_table(spark: SparkSession, cfg: Config, name: str, schema: StructTy
     db = ensure_database(spark, cfg)
     qualified, location = f"{db}.{name}", table_uri(cfg, name)
     columns = _columns(schema, partitioned)
-    if _registered_as(spark, qualified, location, columns):
+    key = (spark.sparkContext.applicationId, "table", qualified)
+    if _CATALOG.get(key) == (location, columns) or _registered_as(spark, qualified, location, columns):
         spark.sql(f"REFRESH TABLE {qualified}")
-        return
-    ddl = ", ".join(f"`{c}` {t}" for c, t in columns)
-    spark.sql(f"DROP TABLE IF EXISTS {qualified}")
-    spark.sql(f"CREATE TABLE {qualified} ({ddl}) USING parquet "
-              f"{f'PARTITIONED BY ({PARTITION}) ' if partitioned else ''}LOCATION '{location}'")
+    else:
+        ddl = ", ".join(f"`{c}` {t}" for c, t in columns)
+        spark.sql(f"DROP TABLE IF EXISTS {qualified}")
+        spark.sql(f"CREATE TABLE {qualified} ({ddl}) USING parquet "
+                  f"{f'PARTITIONED BY ({PARTITION}) ' if partitioned else ''}LOCATION '{location}'")
+    _CATALOG[key] = (location, columns)
 
 
 def ensure_registered(spark: SparkSession, cfg: Config, name: str) -> None:

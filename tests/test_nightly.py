@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dser_spark import cli, partitioned, tables
+from dser_spark import cli, partitioned, runs, tables
 from dser_spark.config import load_config
 
 DT = "2026-11-25"
@@ -86,3 +86,32 @@ def test_single_stages_and_clear_errors(spark, small_movielens, tmp_path, capsys
     assert "interactions" in capsys.readouterr().err
     assert _run("train.epochs=lots", stage="prepare") == 2
     assert "train.epochs" in capsys.readouterr().err
+
+
+def _vector_tables(spark, cfg):
+    keys = {"user_vectors": ["scope", "user_id"], "item_seq_vectors": ["scope", "item_id"],
+            "item_content_vectors": ["item_id"]}
+    return {name: spark.read.parquet(tables.table_uri(cfg, name)).toPandas().sort_values(key)
+            .reset_index(drop=True) for name, key in keys.items()}
+
+
+def _plain(column: pd.Series) -> list:
+    return [np.asarray(v).tolist() for v in column]
+
+
+def test_doc2vec_in_executors_gives_the_driver_vectors(spark, small_movielens, tmp_path):
+    overrides = [f"data.path={small_movielens}", "data.format=ml-latest", f"warehouse.root={tmp_path / 'wh'}",
+                 "embed.epochs=3", "embed.content_epochs=3"]
+    for stage in ("prepare", "sequences", "embed"):
+        assert _run(*overrides, stage=stage) == 0
+    cfg = load_config("conf/default.yaml", overrides)
+    on_driver = _vector_tables(spark, cfg)
+    assert _run(*overrides, "embed.on_executor=true", stage="embed") == 0
+    on_executors = _vector_tables(spark, cfg)
+    assert len(on_driver["user_vectors"]) == 3 * 60  # select, eval and serve scopes
+    for name, frame in on_driver.items():
+        assert frame["vector"].map(lambda v: float(np.abs(v).sum())).gt(0).all(), name
+        for column in frame.columns:
+            assert _plain(frame[column]) == _plain(on_executors[name][column]), (name, column)
+    record = tables.read_json(spark, cfg, runs.record_name(cfg, DT, "embed"))
+    assert [s["step"] for s in record["steps"]][0] == "doc2vec" and record["spark_jobs"] >= 3
