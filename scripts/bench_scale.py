@@ -376,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", choices=list(MODE_SETS), default="driver",
                    help="scale-out: train.distributed=true embed.on_executor=true")
     p.add_argument("--embed-epochs", type=int, default=5, help="embed.epochs and embed.content_epochs")
-    p.add_argument("--driver-memory", default="8g", help="spark.driver.memory (local mode: all of Spark's heap)")
+    p.add_argument("--driver-memory", default="6g", help="spark.driver.memory (local mode: all of Spark's heap)")
     p.add_argument("--keep", action="store_true", help="keep each size's warehouse under --work")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra config overrides, passed to the nightly")

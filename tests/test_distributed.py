@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dser_spark import pipeline, selection
+from dser_spark import pipeline, selection, tables
 from dser_spark.config import load_config
 from dser_spark.distributed import is_local_master, torch_threads
 from dser_spark.model import Inputs
@@ -17,7 +17,6 @@ from dser_spark.train import FitData, batch_edges, epoch_groups
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "conf" / "default.yaml"
-DT = "2026-12-01"
 CLUSTER = "local-cluster[2,1,1024]"
 # measured on ml-100k, seed 42 (conf/default.yaml, 6 epochs, patience 1): best validation HR@10 on the driver
 # 0.8208 (epoch 5 of 6), with 2 processes 0.8155 (epoch 4, stopped after 5); the tolerance is ~10 of the 943 users
@@ -67,7 +66,7 @@ def test_batches_are_the_drivers_slices_or_a_proportional_share_of_each_global_b
 
 SELECT_FIT = """
 import json, sys
-from dser_spark import pipeline, selection
+from dser_spark import pipeline, selection, tables
 from dser_spark.config import load_config
 from dser_spark.logs import setup_logging
 from dser_spark.session import build_session
@@ -87,12 +86,12 @@ def _select(spark, cfg, tmp: Path) -> tuple[list[dict], int]:
 
 
 @pytest.mark.slow
-def test_two_processes_on_local_cluster_reach_the_driver_paths_validation_hr(spark, tmp_path):
-    sets = [f"warehouse.root={tmp_path / 'wh'}", "train.refit_all=false", "train.show_progress=false",
-            "train.epochs=6", "train.patience=1"]
+def test_two_processes_on_local_cluster_reach_the_driver_paths_validation_hr(spark, ml100k_nightlies, tmp_path):
+    # the tables of the session's real ml-100k nightly (tests/nightlies.py), read only: the fits write nothing
+    # there but the distributed fit's staging, which the driver deletes
+    sets = [f"warehouse.root={tables.root_uri(ml100k_nightlies.local)}", "train.refit_all=false",
+            "train.show_progress=false", "train.epochs=6", "train.patience=1"]
     cfg = load_config(CONFIG, sets)
-    for stage in ("prepare", "sequences", "embed"):
-        pipeline.run_stage(spark, cfg, stage, DT)
     driver, driver_best = _select(spark, cfg, tmp_path / "driver")
     dist_sets = [*sets, "train.distributed=true"]
     # this session's master is local[2]: TorchDistributor's local mode (processes on this machine)

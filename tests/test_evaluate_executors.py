@@ -12,7 +12,7 @@ import torch
 from pyspark.sql import functions as F
 
 import evaluate_reference as ref
-from dser_spark import pipeline, selection
+from dser_spark import pipeline, selection, tables
 from dser_spark.artifacts import Trained
 from dser_spark.baselines import Factors
 from dser_spark.config import Config, EvaluateConfig, ModelConfig, load_config
@@ -127,14 +127,13 @@ def test_metrics_do_not_depend_on_the_partitioning(small):
 
 
 @pytest.mark.slow
-def test_ml100k_baselines_equal_the_driver_reference(spark, tmp_path, caplog):
+def test_ml100k_baselines_equal_the_driver_reference(spark, ml100k_nightlies, tmp_path, caplog):
     """Real ml-100k: ItemPop and ALS (tuned on validation over two ranks) built by ``selection.baseline_model``
     from the warehouse tables, and a random DSER over the real users and items, scored on executors and by the
     reference; the ALS validation scores too."""
-    cfg = load_config("conf/default.yaml", [f"warehouse.root={tmp_path / 'wh'}", "evaluate.als_ranks=[8, 16]",
-                                            "evaluate.als_iter=3"])
-    for stage in ("prepare", "sequences"):
-        pipeline.run_stage(spark, cfg, stage, "2026-12-01")
+    # the tables of the session's real ml-100k nightly (tests/nightlies.py), read only
+    cfg = load_config("conf/default.yaml", [f"warehouse.root={tables.root_uri(ml100k_nightlies.local)}",
+                                            "evaluate.als_ranks=[8, 16]", "evaluate.als_iter=3"])
     data = pipeline.WarehouseData(spark, cfg)
     universe, k = data.universe, cfg.train.validation_k
     user_ids, user_pos = data.scope_sequences(EVAL)
