@@ -30,6 +30,7 @@ from pyspark.sql.types import StructType
 
 from dser_spark.config import Config
 
+T = TypeVar("T")
 log = logging.getLogger("dser_spark")
 
 PARTITION = "dt"
@@ -223,15 +224,11 @@ def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> s
     staged, schema, rows = _stage(spark, cfg, df, name)
     swap_in(spark, cfg, staged, final)
     register_table(spark, cfg, name, schema)
-    _ROWS[final] = (_signature(fs, final), rows)
+    _DERIVED[(final, ROWS)] = (_signature(fs, final), rows)
     record = ACTIVITY.get()
     if record is not None:
         record.note_written(name, rows)
     return final
-
-
-# table URI -> (its files' names and sizes, rows): tables this process wrote or counted
-_ROWS: dict[str, tuple[tuple, int]] = {}
 
 
 def _signature(fs: HadoopFS, uri: str) -> tuple:
@@ -239,21 +236,27 @@ def _signature(fs: HadoopFS, uri: str) -> tuple:
     return tuple(sorted(fs.list_files(uri).items()))
 
 
-# (table URI, what) -> (the table's signature, value): driver-side results derived from a table,
-# computed at most once per version of the table in this process (the stages of a nightly share them)
+# (table URI, what) -> (the table's signature, value): driver-side results derived from a table (its
+# rows among them), computed at most once per version of the table in this process (the stages of a
+# nightly share them)
 _DERIVED: dict[tuple[str, str], tuple[tuple, object]] = {}
+ROWS = "rows"
+
+
+def _once_per_version(fs: HadoopFS, uri: str, what: str, compute: Callable[[], T]) -> T:
+    """``compute()``, remembered under (``uri``, ``what``) until the table at ``uri`` is rewritten."""
+    signature = _signature(fs, uri)
+    known = _DERIVED.get((uri, what))
+    if known is None or known[0] != signature:
+        known = _DERIVED[(uri, what)] = (signature, compute())
+    return known[1]
 
 
 def derived(spark: SparkSession, cfg: Config, name: str, what: str, compute: Callable[[DataFrame], T]) -> T:
     """``compute(table)``, remembered under ``what`` until table ``name`` is rewritten. Callers must not
     modify what it returns."""
     df = read_table(spark, cfg, name)
-    key = (table_uri(cfg, name), what)
-    signature = _signature(filesystem(spark, cfg), key[0])
-    known = _DERIVED.get(key)
-    if known is None or known[0] != signature:
-        known = _DERIVED[key] = (signature, compute(df))
-    return known[1]
+    return _once_per_version(filesystem(spark, cfg), table_uri(cfg, name), what, lambda: compute(df))
 
 
 def collect(spark: SparkSession, cfg: Config, name: str, columns: list[str]) -> pd.DataFrame:
@@ -266,11 +269,7 @@ def row_count(spark: SparkSession, cfg: Config, name: str) -> int | None:
     uri, fs = table_uri(cfg, name), filesystem(spark, cfg)
     if not fs.exists(uri):
         return None
-    signature = _signature(fs, uri)
-    known = _ROWS.get(uri)
-    if known is None or known[0] != signature:
-        known = _ROWS[uri] = (signature, spark.read.parquet(uri).count())
-    return known[1]
+    return _once_per_version(fs, uri, ROWS, lambda: spark.read.parquet(uri).count())
 
 
 def read_table(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
@@ -292,8 +291,6 @@ def drop_table(spark: SparkSession, cfg: Config, name: str) -> None:
         log.info("removing table %s at %s", name, uri)
         fs.delete(uri)
 
-
-T = TypeVar("T")
 
 # what this process already made sure of in the catalog of a Spark application: databases, and each
 # table's (location, columns); saves metastore round trips on every write
