@@ -162,6 +162,10 @@ class TrainConfig:
     batch_size: int = setting(1024, "positives per optimisation step (each with its negatives)", gt=0)
     lr: float = setting(0.002, "Adam learning rate", gt=0)
     weight_decay: float = setting(0.0, "Adam weight decay", ge=0)
+    sparse_ids: bool = setting(False, "sparse gradients and lazy Adam (`torch.optim.SparseAdam`) for the GMF ID "
+                                      "embeddings: a step updates only the rows of its batch, so an epoch no "
+                                      "longer costs (users + items) per step; for 10^5+ users or items (dense "
+                                      "Adam's numbers differ slightly; needs `weight_decay: 0`)")
     loss: Literal["bce", "bpr", "softmax"] = setting(
         "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives")
     objective: Literal["next", "static"] = setting(
@@ -194,6 +198,10 @@ class TrainConfig:
                                    "`spark.task.resource.gpu.amount`, or the driver's for a local master)")
     show_progress: bool = setting(True, "a progress bar per epoch when stderr is a terminal (a log file gets one "
                                         "line per epoch either way)")
+
+    def check(self) -> None:
+        if self.sparse_ids and self.weight_decay:
+            raise ConfigError("train.sparse_ids: lazy Adam has no weight decay; set train.weight_decay: 0")
 
 
 BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF")

@@ -180,6 +180,35 @@ def _fingerprint(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, 
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
+class Optimizer:
+    """Adam (fused: ~12% faster) on the model's parameters, but lazy Adam (``SparseAdam``) on the GMF ID
+    embeddings when they have sparse gradients (``train.sparse_ids``): a step touches only its batch's rows."""
+
+    def __init__(self, model: DSER, train_cfg: TrainConfig):
+        ids = [emb for emb in (model.user_emb, model.item_emb) if emb.sparse]
+        sparse = {id(emb.weight) for emb in ids}
+        dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse]
+        self.parts = {"dense": torch.optim.Adam(dense, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
+                                                fused=True)}
+        if ids:
+            self.parts["sparse"] = torch.optim.SparseAdam([emb.weight for emb in ids], lr=train_cfg.lr)
+
+    def zero_grad(self) -> None:
+        for opt in self.parts.values():
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.parts.values():
+            opt.step()
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state[name])
+
+
 class Checkpoint:
     """Per-epoch training state in a local directory (safetensors + json; optimizer via torch.save)."""
 
@@ -199,7 +228,7 @@ class Checkpoint:
         progress["optim"] = torch.load(self.dir / "optim.pt", weights_only=True)
         return progress
 
-    def save(self, model: DSER, best: dict, opt: torch.optim.Optimizer, progress: dict) -> None:
+    def save(self, model: DSER, best: dict, opt: Optimizer, progress: dict) -> None:
         if self.dir is None:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -266,7 +295,7 @@ def _summed(values: np.ndarray, replica: Replica | None) -> np.ndarray:
     return values if replica is None else replica.all_sum(torch.from_numpy(values)).numpy()
 
 
-def train_epoch(step: nn.Module, opt: torch.optim.Optimizer, data: FitData,
+def train_epoch(step: nn.Module, opt: Optimizer, data: FitData,
                 groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor], order: torch.Tensor,
                 edges: Sequence[int], loss_kind: str, next_item: bool, device: torch.device,
                 bar: tqdm) -> float:
@@ -333,11 +362,12 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     device = replica.device if replica is not None else torch.device("cpu")
     torch.manual_seed(seed)
     model = DSER(data.inputs, model_cfg).to(device)
+    for emb in (model.user_emb, model.item_emb):  # before DDP wraps the model: its buckets know them sparse
+        emb.sparse = train_cfg.sparse_ids
     step = BatchScorer(model) if replica is None else replica.wrap(BatchScorer(model))
     n_epochs = train_cfg.epochs if epochs is None else epochs
     n_total = replica.total_positives if replica is not None else len(data.flat_items)
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad],
-                           lr=train_cfg.lr, weight_decay=train_cfg.weight_decay, fused=True)  # fused: ~12% faster
+    opt = Optimizer(model, train_cfg)
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
     weights = negative_weights(train_cfg, lambda: _summed(
         np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids)), replica))

@@ -34,6 +34,7 @@ def test_unknown_key_is_named():
     ({"data": {"max_reject_fraction": 2}}, "data.max_reject_fraction"),
     ({"split": {"validation": "maybe"}}, "split.validation"),
     ({"model": {"mlp_layers": []}}, "model.mlp_layers"),
+    ({"train": {"sparse_ids": True, "weight_decay": 0.01}}, "train.sparse_ids"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

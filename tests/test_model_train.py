@@ -11,7 +11,8 @@ from dser_spark.model import DSER, Inputs, baseline_config, window_means
 from dser_spark.artifacts import load_artifacts, load_from_bytes, model_bytes, save_artifacts
 from dser_spark.negatives import negative_weights
 from dser_spark.scoring import Kernel
-from dser_spark.train import FitData, epoch_groups, epoch_samples, fit, group_loss, pretrained_state
+from dser_spark.train import (FitData, Optimizer, epoch_groups, epoch_samples, fit, group_loss,
+                              pretrained_state)
 from dser_spark import sequences
 
 
@@ -109,6 +110,44 @@ def test_training_learns_the_taste_groups_and_is_deterministic():
     b = fit(data, cfg, tcfg, seed=1)
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     assert a.history[-1]["loss"] < a.history[0]["loss"]
+    with torch.no_grad():
+        s = all_logits(a.model, 30, 40)
+    in_group = torch.cat([s[:15, :20].reshape(-1), s[15:, 20:].reshape(-1)]).mean()
+    out_group = torch.cat([s[:15, 20:].reshape(-1), s[15:, :20].reshape(-1)]).mean()
+    assert in_group > out_group + 1.0
+
+
+def _step_on_user(model, opt, user):
+    """One optimiser step on the GMF score of ``user`` with item 0."""
+    opt.zero_grad()
+    model(torch.tensor([user]), torch.tensor([0])).sum().backward()
+    opt.step()
+
+
+@pytest.mark.parametrize("sparse_ids", [False, True])
+def test_sparse_ids_update_only_the_rows_of_the_batch(sparse_ids):
+    torch.manual_seed(0)
+    model = DSER(_inputs(), ModelConfig(gmf_dim=4, mlp_layers=[6, 3], use_recency=False))
+    torch.nn.init.normal_(model.out.weight)
+    for emb in (model.user_emb, model.item_emb):
+        emb.sparse = sparse_ids
+    opt = Optimizer(model, TrainConfig(lr=0.1))
+    _step_on_user(model, opt, 2)
+    after_first = model.user_emb.weight.detach().clone()
+    _step_on_user(model, opt, 5)  # user 2 is not in this batch
+    moved = model.user_emb.weight.detach() != after_first
+    assert moved[5].all()
+    # dense Adam's momentum keeps moving row 2; lazy Adam leaves rows outside the batch alone
+    assert moved[2].any() != sparse_ids
+    assert not moved[[0, 1, 3, 4, 6]].any()
+
+
+def test_sparse_ids_learn_the_taste_groups_deterministically():
+    data = _fit_data()
+    cfg = ModelConfig(gmf_dim=8, mlp_layers=[16, 8], use_recency=False)
+    tcfg = TrainConfig(epochs=15, batch_size=64, lr=0.01, show_progress=False, sparse_ids=True)
+    a, b = fit(data, cfg, tcfg, seed=1), fit(data, cfg, tcfg, seed=1)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     with torch.no_grad():
         s = all_logits(a.model, 30, 40)
     in_group = torch.cat([s[:15, :20].reshape(-1), s[15:, 20:].reshape(-1)]).mean()
@@ -285,10 +324,11 @@ def test_untrained_model_is_kept_when_training_never_helps():
         assert torch.allclose(trained.model(u, i), untrained.eval()(u, i))
 
 
-def test_a_killed_run_resumes_from_its_checkpoint(tmp_path):
+@pytest.mark.parametrize("sparse_ids", [False, True])
+def test_a_killed_run_resumes_from_its_checkpoint(tmp_path, sparse_ids):
     data = _fit_data_windows()
     cfg = ModelConfig(gmf_dim=4, mlp_layers=[8, 4])
-    tcfg = TrainConfig(epochs=4, patience=0, batch_size=64, lr=0.01, show_progress=False)
+    tcfg = TrainConfig(epochs=4, patience=0, batch_size=64, lr=0.01, show_progress=False, sparse_ids=sparse_ids)
     values = [0.1, 0.2, 0.3, 0.25, 0.4]
     whole = fit(data, cfg, tcfg, seed=0, validate=_Script(values))
     with pytest.raises(KeyboardInterrupt):  # killed while validating epoch 3
