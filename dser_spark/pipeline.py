@@ -118,6 +118,8 @@ def run_prepare(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dic
         prepared = prepare.prepare(spark, cfg)
     for name in ("interactions", "items", "rejected_rows"):
         _write(spark, cfg, getattr(prepared, name), name)
+    for name, frame in prepared.id_maps.items():  # last: the tables above were numbered from last night's maps
+        _write(spark, cfg, frame, name)
     prepared.unpersist()
     log.info("prepare: %s", prepared.summary)
     _note(rejected_rows=prepared.summary["rejected_total"], rejected=prepared.summary["rejected"])
@@ -349,10 +351,11 @@ def run_recommend(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
     with runs.step(spark, "retain models"):
         models.retain(spark, cfg, publish.published_models(spark, cfg))
     by_source = (spark.read.parquet(location).groupBy("source")
-                 .agg(F.countDistinct("user_id").alias("users")).collect())
+                 .agg(F.countDistinct("user_id").alias("users"), F.min("user_id").alias("first")).collect())
     sources = {r["source"]: r["users"] for r in by_source}
     log.info("recommend: users per source %s, published at %s", sources, location)
-    return {"users": sum(sources.values()), "sources": sources, "location": location, "model_id": mid}
+    return {"users": sum(sources.values()), "sources": sources, "location": location, "model_id": mid,
+            "example_user": min((r["first"] for r in by_source), default=None)}
 
 
 def trained_config(spark: SparkSession, cfg: Config, mid: str) -> Config:

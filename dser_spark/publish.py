@@ -18,7 +18,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from dser_spark import models, partitioned, tables
-from dser_spark.config import Config
+from dser_spark.config import OWN_FORMATS, Config
 from dser_spark.runs import GateRefused
 
 log = logging.getLogger("dser_spark")
@@ -105,15 +105,37 @@ def publish_recommendations(spark: SparkSession, cfg: Config, recs: DataFrame, d
     """
     rc, db = cfg.recommend, cfg.warehouse.database
     items = spark.createDataFrame(pd.DataFrame({"item_id": candidates.astype(np.int32)}))
+    maps = id_maps(spark, cfg)
+    if maps is not None:  # your own data: published with the source's ids, and checked as published
+        recs, targets, items, interactions = (with_source_ids(df, maps) for df in (recs, targets, items, interactions))
     checks = [lambda df: check_recommendations(df, targets, items, interactions, rc.k, rc.exclude_seen)]
     location = partitioned.publish(spark, cfg, recs, TABLE, dt, checks)
     tables.ensure_registered(spark, cfg, "items")
+    on = "r.item_id = i.item_id" if maps is None else "CAST(r.item_id AS STRING) = i.raw_id"
     tables.register_view(spark, cfg, f"{TABLE}_titled",
                          f"SELECT r.user_id, r.rank, r.item_id, i.title, r.score, r.source, r.model_run_id, r.dt "
-                         f"FROM {db}.{TABLE} r LEFT JOIN {db}.items i ON r.item_id = i.item_id")
+                         f"FROM {db}.{TABLE} r LEFT JOIN {db}.items i ON {on}")
     latest = partitioned.partitions(spark, cfg, TABLE)[-1]
     tables.register_view(spark, cfg, f"{TABLE}_latest", f"SELECT * FROM {db}.{TABLE}_titled WHERE dt = '{latest}'")
     return location
+
+
+def id_maps(spark: SparkSession, cfg: Config) -> dict[str, DataFrame] | None:
+    """Your own data's ``user_ids`` / ``item_ids`` (dense id, ``source_id``); None for MovieLens sources, whose
+    tables carry the source's ids already."""
+    if cfg.data.format not in OWN_FORMATS:
+        return None
+    return {key: tables.read_table(spark, cfg, f"{key}s") for key in ("user_id", "item_id")}
+
+
+def with_source_ids(df: DataFrame, maps: dict[str, DataFrame]) -> DataFrame:
+    """``df`` with its ``user_id`` / ``item_id`` columns (where present) replaced by the source's ids."""
+    for key, ids in maps.items():
+        if key in df.columns:
+            mapped = ids.select(key, F.col("source_id").alias("_source_id"))
+            joined = df.join(F.broadcast(mapped) if key == "item_id" else mapped, key)
+            df = joined.select(*[F.col("_source_id").alias(key) if c == key else F.col(c) for c in df.columns])
+    return df
 
 
 def check_recommendations(df: DataFrame, targets: DataFrame, candidates: DataFrame, interactions: DataFrame,

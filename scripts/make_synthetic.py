@@ -16,17 +16,30 @@ unless ``--quiet``; the last line on stdout is
 
 Impossible sizes (fewer than 5 ratings a user, more ratings than user x item
 pairs) exit with status 2 and the reason.
+
+``--domain books`` writes a synthetic bookshop with string ids instead
+(:mod:`dser_spark.synthetic_books`): Parquet directories ``events/`` and
+``books/`` for ``--users`` customers, ``--items`` books and ``--ratings``
+events (``--workers`` and ``--quiet`` do not apply); the last line is
+
+    make_synthetic: domain=books users=… books=… events=… out=…
 """
 
 import argparse
 import sys
 
 from dser_spark.synthetic import generate
+from dser_spark.synthetic_books import generate_books
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
-        description="Write synthetic MovieLens ml-25m-layout CSVs.")
+        description="Write synthetic MovieLens ml-25m-layout CSVs, or a "
+                    "synthetic bookshop (--domain books).")
+    ap.add_argument("--domain", choices=("movies", "books"), default="movies",
+                    help="movies: MovieLens CSVs; books: Parquet events and "
+                         "books with string ids (--items books, --ratings "
+                         "events)")
     ap.add_argument("--users", type=int, required=True)
     ap.add_argument("--items", type=int, required=True)
     ap.add_argument("--ratings", type=int, required=True)
@@ -37,6 +50,14 @@ def main(argv=None) -> int:
                          "does not change the output")
     ap.add_argument("--quiet", action="store_true", help="no progress lines")
     a = ap.parse_args(argv)
+    if a.domain == "books":
+        try:
+            r = generate_books(a.out, a.users, a.items, a.ratings, a.seed)
+        except ValueError as e:
+            ap.error(str(e))
+        print(f"make_synthetic: domain=books users={r['users']} "
+              f"books={r['books']} events={r['events']} out={a.out}")
+        return 0
     try:
         r = generate(a.out, a.users, a.items, a.ratings, a.seed,
                      workers=a.workers, progress=not a.quiet)

@@ -35,6 +35,7 @@ def test_unknown_key_is_named():
     ({"split": {"validation": "maybe"}}, "split.validation"),
     ({"model": {"mlp_layers": []}}, "model.mlp_layers"),
     ({"train": {"sparse_ids": True, "weight_decay": 0.01}}, "train.sparse_ids"),
+    ({"train": {"sparse_ids": True, "distributed": True}}, "train.sparse_ids"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -119,7 +119,7 @@ def test_recbole_string_ids_crlf_prefix_users(spark, tmp_path):
     assert p.summary["ratings_read"] == 3 and p.summary["items"] == 3
     assert rejected(p) == []
     assert dict(zip(p.interactions.columns, (f.dataType.simpleString() for f in p.interactions.schema))) == {
-        "user_id": "int", "item_id": "int", "rating": "float", "ts": "timestamp"}
+        "user_id": "int", "item_id": "int", "rating": "float", "ts": "timestamp", "count": "int"}
 
 
 def test_recbole_int_ids_keep_source_ids(spark, tmp_path):

@@ -1,4 +1,4 @@
-"""Stage 1, prepare: raw MovieLens files -> interactions, items, rejected_rows.
+"""Stage 1, prepare: raw MovieLens files -> interactions, items, rejected_rows (your own events: ``own``).
 
 Sources are read through the session's Hadoop FileSystem API, so ``data.path`` may be a
 local path, a ``file:`` URI or any Hadoop URI (``hdfs://``, ``s3a://``); ``locate``
@@ -22,7 +22,7 @@ from typing import Callable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dser_spark.config import Config
+from dser_spark.config import OWN_FORMATS, Config
 from dser_spark.prepare.catalog import ITEMS_SCHEMA, Catalog, items_frame, rated_catalog
 from dser_spark.prepare.errors import DataError
 from dser_spark.prepare.grouplens import load_ml1m, load_ml100k
@@ -36,6 +36,7 @@ from dser_spark.prepare.locate import (
     SourceDir, detect_format, open_source_dir, resolve_data_path, stage_builtin, wheel_directory,
 )
 from dser_spark.prepare.ml_latest import load_ml_latest
+from dser_spark.prepare.own import prepare_own
 from dser_spark.prepare.ratings import (
     INTERACTIONS_SCHEMA, REJECTED_SCHEMA, Ratings, Source, read_ratings, rejected_frame,
 )
@@ -65,6 +66,7 @@ class Prepared:
     items: DataFrame
     rejected_rows: DataFrame
     summary: dict
+    id_maps: dict[str, DataFrame] = field(default_factory=dict)  # your own data: user_ids, item_ids (write last)
     _cached: DataFrame | None = field(default=None, repr=False)
 
     def unpersist(self) -> None:
@@ -80,6 +82,11 @@ def prepare(spark: SparkSession, cfg: Config) -> Prepared:
     call ``Prepared.unpersist()`` once the tables are written.
     """
     data = cfg.data
+    if data.format in OWN_FORMATS:
+        own = prepare_own(spark, cfg)
+        logger.info("prepare %s: %s", own.summary["path"], own.summary)
+        return Prepared(own.interactions, own.items, own.rejected_rows, own.summary,
+                        {"user_ids": own.user_ids, "item_ids": own.item_ids})
     root = resolve_data_path(spark, cfg)
     fmt = detect_format(root) if data.format == "auto" else data.format
     if fmt not in LOADERS:
@@ -119,7 +126,7 @@ def _finish(spark: SparkSession, fmt: str, root: SourceDir, source: Source, rati
     log_line = {k: v for k, v in summary.items() if k not in ("path", "files")}
     logger.info("prepare %s: %s", root, log_line)
     return Prepared(
-        interactions=good.select("user_id", "item_id", "rating", "ts"),
+        interactions=good.select("user_id", "item_id", "rating", "ts", F.lit(1).alias("count")),
         items=items_frame(spark, catalog, ratings.item_keys),
         rejected_rows=rejected_frame(spark, cached, ratings.text, name, log),
         summary=summary, _cached=cached)

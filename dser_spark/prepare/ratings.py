@@ -24,6 +24,7 @@ from dser_spark.prepare.locate import SourceFile
 INTERACTIONS_SCHEMA = T.StructType([
     T.StructField("user_id", T.IntegerType()), T.StructField("item_id", T.IntegerType()),
     T.StructField("rating", T.FloatType()), T.StructField("ts", T.TimestampType()),
+    T.StructField("count", T.IntegerType()),
 ])
 REJECTED_SCHEMA = T.StructType([
     T.StructField("source", T.StringType()), T.StructField("line", T.LongType()),

@@ -208,6 +208,10 @@ def load(root: Path) -> Snapshot:
         return Snapshot(root, loaded_at=now, problem=f"no warehouse at {root}: check warehouse.root "
                                                      f"(--config / --set warehouse.root=...)")
     version = manifest_version(root)
+    if (root / "user_ids").is_dir():
+        return Snapshot(root, version=version, loaded_at=now,
+                        problem=f"{root} holds your own data's ids (data.format table / parquet / csv): the "
+                                f"dashboard and the API serve warehouses of MovieLens sources only, so far")
     published = published_files(root / RECOMMENDATIONS)
     if not published:
         return Snapshot(root, version=version, loaded_at=now,
