@@ -212,11 +212,12 @@ def _published(spark, cfg) -> pd.DataFrame:
     return spark.read.parquet(partitioned.location(spark, cfg, "recommendations", DT)).toPandas()
 
 
-def _dser_hr(spark, cfg) -> float:
+def _hr(spark, cfg) -> dict[str, float]:
+    """Sampled HR@10 of every evaluated model."""
     from dser_spark import tables
     m = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
-    row = m[(m.model == "DSER") & (m.protocol == "sampled") & (m.metric == "HR") & (m.k == 10)]
-    return float(row.value.iloc[0])
+    rows = m[(m.protocol == "sampled") & (m.metric == "HR") & (m.k == 10)]
+    return dict(zip(rows.model, rows.value.astype(float)))
 
 
 @pytest.mark.slow
@@ -224,13 +225,13 @@ def test_bookshop_nightly_publishes_the_sources_string_ids(spark, tmp_path):
     from dser_spark import pipeline, tables
     from dser_spark.synthetic_books import generate_books
 
-    generate_books(tmp_path / "shop", users=300, books=400, events=20_000, seed=3)
+    generate_books(tmp_path / "shop", users=600, books=1500, events=15_000, seed=3)
     events = pq.read_table(tmp_path / "shop" / "events").to_pandas()
     books = pq.read_table(tmp_path / "shop" / "books").to_pandas()
     cfg = load_config(REPO / "conf" / "example-own-data.yaml", [
         f"data.path={tmp_path / 'shop' / 'events'}", f"data.items={tmp_path / 'shop' / 'books'}",
-        f"warehouse.root={tmp_path / 'warehouse'}", "train.epochs=2", "embed.epochs=5", "evaluate.baselines=[ItemPop]",
-        "train.show_progress=false"])
+        f"warehouse.root={tmp_path / 'warehouse'}", "train.epochs=2", "embed.epochs=5", "embed.content_epochs=5",
+        "evaluate.baselines=[ItemPop]", "evaluate.full_ranking=false", "train.show_progress=false"])
     pipeline.run_nightly(spark, cfg, DT)
     recs = _published(spark, cfg)
     assert recs.user_id.dtype == object and recs.item_id.dtype == object     # strings, as the source has them
@@ -244,7 +245,11 @@ def test_bookshop_nightly_publishes_the_sources_string_ids(spark, tmp_path):
     titles = dict(zip(books.sku, books.title))
     assert [r["title"] for r in titled.orderBy("rank").collect()] == [
         titles.get(i) for i in recs[recs.user_id == recs.user_id.iloc[0]].sort_values("rank").item_id]
-    assert _dser_hr(spark, cfg) > 0.3  # it learns the customers' subjects (ItemPop alone is the floor)
+    hr = _hr(spark, cfg)
+    print(json.dumps(hr))
+    # trained and scored through the dense ids: far above chance (10 of 100 candidates); on this small synthetic
+    # shop at 2 epochs it does not beat ItemPop (0.485 vs 0.512), which the test does not claim
+    assert hr["DSER"] > 0.3
 
 
 @pytest.mark.slow
@@ -268,7 +273,7 @@ def test_ml100k_as_parquet_with_string_users_reaches_the_builtin_hr(spark, ml100
                                "categories: kinds}", f"warehouse.root={tmp_path / 'warehouse'}",
                                "warehouse.database=dser_own"])
     pipeline.run_nightly(spark, cfg, DT)
-    own, builtin = _dser_hr(spark, cfg), _dser_hr(spark, ref)
+    own, builtin = _hr(spark, cfg)["DSER"], _hr(spark, ref)["DSER"]
     print(json.dumps({"builtin_hr10": builtin, "own_parquet_hr10": own}))
     assert abs(own - builtin) <= 0.02
     recs = _published(spark, cfg)
