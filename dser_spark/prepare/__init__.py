@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Callable
 
 from pyspark.sql import DataFrame, SparkSession
@@ -37,6 +36,7 @@ from dser_spark.prepare.locate import (
 )
 from dser_spark.prepare.ml_latest import load_ml_latest
 from dser_spark.prepare.own import prepare_own
+from dser_spark.prepare.prepared import Prepared
 from dser_spark.prepare.ratings import (
     INTERACTIONS_SCHEMA, REJECTED_SCHEMA, Ratings, Source, read_ratings, rejected_frame,
 )
@@ -58,23 +58,6 @@ LOADERS: dict[str, Callable[[SourceDir, ReadLog], Source]] = {
 }
 
 
-@dataclass
-class Prepared:
-    """The prepare stage's output; the caller writes the tables."""
-
-    interactions: DataFrame
-    items: DataFrame
-    rejected_rows: DataFrame
-    summary: dict
-    id_maps: dict[str, DataFrame] = field(default_factory=dict)  # your own data: user_ids, item_ids (write last)
-    _cached: DataFrame | None = field(default=None, repr=False)
-
-    def unpersist(self) -> None:
-        """Release the cached ratings once the tables are written."""
-        if self._cached is not None:
-            self._cached.unpersist()
-
-
 def prepare(spark: SparkSession, cfg: Config) -> Prepared:
     """Read the raw files of ``cfg.data`` into DataFrames; fail on too many rejected rows.
 
@@ -85,8 +68,7 @@ def prepare(spark: SparkSession, cfg: Config) -> Prepared:
     if data.format in OWN_FORMATS:
         own = prepare_own(spark, cfg)
         logger.info("prepare %s: %s", own.summary["path"], own.summary)
-        return Prepared(own.interactions, own.items, own.rejected_rows, own.summary,
-                        {"user_ids": own.user_ids, "item_ids": own.item_ids})
+        return own
     root = resolve_data_path(spark, cfg)
     fmt = detect_format(root) if data.format == "auto" else data.format
     if fmt not in LOADERS:

@@ -37,12 +37,13 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from dser_spark import tables
-from dser_spark.config import Config
+from dser_spark.config import Config, DataConfig
 from dser_spark.prepare.catalog import ITEMS_SCHEMA
 from dser_spark.prepare.errors import DataError
 from dser_spark.prepare.lines import DUPLICATE_ID, NON_NUMERIC_RATING
 from dser_spark.prepare.locate import SourceFile, open_source_dir, to_uri
-from dser_spark.prepare.ratings import REJECTED_SCHEMA, _numbered_lines
+from dser_spark.prepare.prepared import Prepared
+from dser_spark.prepare.ratings import _MAX_UNIX_SECONDS, REJECTED_SCHEMA, _numbered_lines
 
 log = logging.getLogger("dser_spark")
 
@@ -68,18 +69,6 @@ class OwnSource:
     columns: list[str]   # the source's own columns
 
 
-@dataclass
-class OwnPrepared:
-    """What ``prepare`` returns for your own data (the caller writes the tables, the id maps last)."""
-
-    interactions: DataFrame
-    items: DataFrame
-    rejected_rows: DataFrame
-    user_ids: DataFrame
-    item_ids: DataFrame
-    summary: dict
-
-
 # ------------------------------------------------------------------ reading
 def read_source(spark: SparkSession, fmt: str, where: str, sep: str = ",") -> OwnSource:
     """The events or the metadata: a catalog table, a Parquet directory or a CSV directory."""
@@ -95,7 +84,7 @@ def _json(df: DataFrame) -> Column:
     return F.to_json(F.struct(*[F.col(f"`{c}`") for c in df.columns]), {"ignoreNullFields": "false"})
 
 
-def _with_file_rows(df: DataFrame, name: str, prefix: str) -> DataFrame:
+def _with_file_rows(df: DataFrame, prefix: str) -> DataFrame:
     """``source`` = ``prefix`` + the file's name, ``line`` = 1-based row in the file (Parquet's row index)."""
     raw = _json(df)
     return df.select("*", F.concat(F.lit(prefix), F.col("_metadata.file_name")).alias(SOURCE),
@@ -108,7 +97,7 @@ def _read_table(spark: SparkSession, name: str) -> OwnSource:
     except AnalysisException as exc:
         raise DataError(f"data.table {name!r}: cannot read it ({str(exc).splitlines()[0]})") from None
     try:
-        frame = _with_file_rows(df, name, f"{name}/")
+        frame = _with_file_rows(df, f"{name}/")
         frame.schema  # noqa: B018 - analysed now: tables not backed by Parquet files have no row index
     except AnalysisException:
         raw = _json(df)
@@ -124,7 +113,7 @@ def _read_parquet(spark: SparkSession, path: str) -> OwnSource:
         df.schema  # noqa: B018
     except AnalysisException as exc:
         raise DataError(f"data.path {path!r}: cannot read it as Parquet ({str(exc).splitlines()[0]})") from None
-    return OwnSource(_with_file_rows(df, path, ""), path, list(df.columns))
+    return OwnSource(_with_file_rows(df, ""), path, list(df.columns))
 
 
 def _csv_files(spark: SparkSession, path: str) -> list[SourceFile]:
@@ -197,51 +186,52 @@ def _id_kind(dtype: T.DataType, all_integers: bool | None) -> str:
 def _ts(col: Column, dtype: T.DataType, unit: str) -> Column:
     """The time as a timestamp (null where it does not parse as ``unit``)."""
     if unit == "timestamp":
-        return col.cast("timestamp") if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)) \
+        return col.cast("timestamp") if isinstance(dtype, _TIME_TYPES) \
             else F.try_to_timestamp(col.cast("string"))
     number = col.try_cast("double")
     seconds = number / 1000 if unit == "ms" else number
-    ok = (seconds > -_MAX_SECONDS) & (seconds < _MAX_SECONDS)
+    ok = (seconds > -_MAX_UNIX_SECONDS) & (seconds < _MAX_UNIX_SECONDS)
     return F.when(ok, F.timestamp_micros((seconds * 1e6).cast("long")))
 
 
-_MAX_SECONDS = 253402300800.0  # 10000-01-01
+
+_TIME_TYPES = (T.TimestampType, T.TimestampNTZType, T.DateType)
 
 
-def _ts_unit(frame: DataFrame, col: Column, dtype: T.DataType, unit: str) -> str:
-    """``data.ts_unit``, with ``auto`` resolved from the column's type and (numbers) its largest value."""
+def _profile(frame: DataFrame, cols: dict[str, Column], types: dict[str, T.DataType], unit: str) -> dict:
+    """One pass over the source for what reading it depends on: whether text ids are all integers
+    (``user`` / ``item``), and for ``ts_unit: auto`` whether the times are numbers and the largest."""
+    aggs = [F.coalesce(F.bool_and(cols[n].isNull() | F.trim(cols[n]).rlike(_INTEGER) | (F.trim(cols[n]) == "")),
+                       F.lit(True)).alias(n)
+            for n in ("user", "item") if isinstance(types[n], T.StringType)]
+    if unit == "auto" and not isinstance(types["ts"], _TIME_TYPES):
+        number = cols["ts"].try_cast("double")
+        aggs += [F.bool_and(number.isNotNull() | cols["ts"].isNull()).alias("numeric"),
+                 F.max(F.abs(number)).alias("top")]
+    return frame.agg(*aggs).first().asDict() if aggs else {}
+
+
+def _ts_unit(dtype: T.DataType, unit: str, profile: dict) -> str:
+    """``data.ts_unit``, with ``auto`` resolved: a time type as it is, text that is not numbers as timestamps,
+    numbers as milliseconds when the largest is above ``MS_THRESHOLD``, else seconds."""
     if unit != "auto":
         return unit
-    if isinstance(dtype, (T.TimestampType, T.TimestampNTZType, T.DateType)):
+    if isinstance(dtype, _TIME_TYPES) or profile["numeric"] is False:
         return "timestamp"
-    if isinstance(dtype, T.StringType):
-        row = frame.agg(F.bool_and(col.try_cast("double").isNotNull() | col.isNull()).alias("numeric"),
-                        F.max(F.abs(col.try_cast("double"))).alias("top")).first()
-        if not row["numeric"]:
-            return "timestamp"
-        top = row["top"]
-    else:
-        top = frame.agg(F.max(F.abs(col.cast("double")))).first()[0]
-    return "ms" if top is not None and top > MS_THRESHOLD else "s"
+    return "ms" if profile["top"] is not None and profile["top"] > MS_THRESHOLD else "s"
 
 
 # ------------------------------------------------------------------ events
-def classify_events(spark: SparkSession, cfg: Config, source: OwnSource) -> tuple[DataFrame, dict]:
+def classify_events(cfg: Config, source: OwnSource) -> tuple[DataFrame, dict]:
     """(events with ``user``, ``item``, ``rating``, ``ts``, ``reason``, provenance; how ids and time are read)."""
     mapping, frame = cfg.data.columns, source.frame
-    user, item, ts = (mapped_column(source, mapping, k, "columns") for k in ("user", "item", "ts"))
+    cols = {k: mapped_column(source, mapping, k, "columns") for k in ("user", "item", "ts")}
+    user, item, ts = cols["user"], cols["item"], cols["ts"]
     rating = mapped_column(source, mapping, "rating", "columns") if mapping.get("rating") else None
-    types = {name: _field_type(frame, c) for name, c in (("user", user), ("item", item), ("ts", ts))}
-    text_ids = [name for name in ("user", "item") if isinstance(types[name], T.StringType)]
-    integers = {}
-    if text_ids:  # CSV and string columns: are they all integers? (one pass)
-        cols = {"user": user, "item": item}
-        row = frame.agg(*[F.coalesce(F.bool_and(cols[n].isNull() | F.trim(cols[n]).rlike(_INTEGER) |
-                                                (F.trim(cols[n]) == "")), F.lit(True)).alias(n)
-                          for n in text_ids]).first()
-        integers = {n: row[n] for n in text_ids}
-    kinds = {n: _id_kind(types[n], integers.get(n)) for n in ("user", "item")}
-    unit = _ts_unit(frame, ts, types["ts"], cfg.data.ts_unit)
+    types = {name: _field_type(frame, c) for name, c in cols.items()}
+    profile = _profile(frame, cols, types, cfg.data.ts_unit)
+    kinds = {n: _id_kind(types[n], profile.get(n)) for n in ("user", "item")}
+    unit = _ts_unit(types["ts"], cfg.data.ts_unit, profile)
     value = F.lit(1.0) if rating is None else rating.try_cast("double")
     events = frame.select(
         _id(user, kinds["user"]).alias("user"), _id(item, kinds["item"]).alias("item"),
@@ -295,15 +285,12 @@ def merge_events(good: DataFrame) -> DataFrame:
 def assign_ids(keys: DataFrame, previous: DataFrame | None, column: str) -> DataFrame:
     """``(<column> int, source_id)``: the previous map, plus the keys it lacks numbered after its largest id."""
     keys = keys.select(F.col("key").alias("source_id")).distinct()
-    if previous is None:
-        known, top = keys.limit(0).select(F.lit(0).alias(column), "source_id"), 0
-    else:
-        known = previous.select(column, "source_id")
-        top = known.agg(F.coalesce(F.max(column), F.lit(0))).first()[0]
-    new = keys.join(known, "source_id", "left_anti")
+    known = None if previous is None else previous.select(column, "source_id")
+    top = 0 if known is None else known.agg(F.coalesce(F.max(column), F.lit(0))).first()[0]
+    new = keys if known is None else keys.join(known, "source_id", "left_anti")
     numbered = new.select((F.lit(top) + F.row_number().over(Window.orderBy("source_id"))).cast("int").alias(column),
                           "source_id")
-    return known.unionByName(numbered)
+    return numbered if known is None else known.unionByName(numbered)
 
 
 def previous_map(spark: SparkSession, cfg: Config, name: str, kind: str) -> DataFrame | None:
@@ -328,9 +315,8 @@ def _dense(df: DataFrame, ids: DataFrame, key: str) -> DataFrame:
 def item_metadata(spark: SparkSession, cfg: Config, item_kind: str) -> tuple[DataFrame | None, DataFrame, dict]:
     """(metadata by source item id: title, categories, text; its rejected rows; per-source counts)."""
     data = cfg.data
-    empty = spark.createDataFrame([], REJECTED_SCHEMA)
     if not data.items:
-        return None, empty, {}
+        return None, spark.createDataFrame([], REJECTED_SCHEMA), {}
     source = read_source(spark, data.format, data.items, data.csv_separator)
     mapping = data.item_columns
     item = mapped_column(source, mapping, "item", "item_columns")
@@ -377,15 +363,14 @@ def items_table(item_ids: DataFrame, metadata: DataFrame | None) -> DataFrame:
 
 
 # ------------------------------------------------------------------ the stage
-def prepare_own(spark: SparkSession, cfg: Config) -> OwnPrepared:
+def prepare_own(spark: SparkSession, cfg: Config) -> Prepared:
     """Your own events and item metadata -> interactions, items, rejected_rows, user_ids, item_ids (lazy)."""
     data = cfg.data
     where = data.table if data.format == "table" else data.path
     source = read_source(spark, data.format, where, data.csv_separator)
-    events, reading = classify_events(spark, cfg, source)
+    events, reading = classify_events(cfg, source)
     counts = check_rejects(events, data.max_reject_fraction, source.name)
-    good = events.filter(F.col("reason").isNull())
-    merged = merge_events(good)
+    merged = merge_events(events.filter(F.col("reason").isNull()))
     metadata, meta_rejects, meta_counts = item_metadata(spark, cfg, reading["item_ids"])
     item_keys = merged.select(F.col("item").alias("key"))
     if metadata is not None:
@@ -396,23 +381,26 @@ def prepare_own(spark: SparkSession, cfg: Config) -> OwnPrepared:
     interactions = _dense(_dense(merged, user_ids, "user"), item_ids, "item").select(
         F.col("user_id").cast("int"), F.col("item_id").cast("int"), F.col("rating").cast("float"), "ts",
         "count")
-    read = sum(e["rows"] for e in counts.values())
-    rejected_total = {}
-    for entry in [*counts.values(), *meta_counts.values()]:
+    summary = _summary(data, where, reading, counts, meta_counts, merged.count())
+    return Prepared(interactions, items_table(item_ids, metadata), rejected(events).unionByName(meta_rejects),
+                    summary, {"user_ids": user_ids, "item_ids": item_ids})
+
+
+def _summary(data: DataConfig, where: str, reading: dict, counts: dict[str, dict], meta_counts: dict[str, dict],
+             pairs: int) -> dict:
+    """The stage's counts: rows read and rejected per file, events merged into ``pairs`` interactions."""
+    sources = dict(sorted({**counts, **meta_counts}.items()))
+    rejected_total: dict[str, int] = {}
+    for entry in sources.values():
         for reason, n in entry["rejected"].items():
             rejected_total[reason] = rejected_total.get(reason, 0) + n
-    good_rows = read - sum(sum(e["rejected"].values()) for e in counts.values())
-    pairs = merged.count()
-    summary = {
+    good_rows = sum(e["rows"] - sum(e["rejected"].values()) for e in counts.values())
+    return {
         "format": data.format, "path": to_uri(where) if data.format != "table" else where,
-        "files": sorted([*counts, *meta_counts]), **reading,
-        "ratings_read": read, "interactions": pairs, "events_merged": good_rows - pairs,
-        "duplicates_replaced": good_rows - pairs,
+        "files": list(sources), **reading,
+        "ratings_read": sum(e["rows"] for e in counts.values()), "interactions": pairs,
+        "events_merged": good_rows - pairs,
         "rejected_total": sum(rejected_total.values()), "rejected": dict(sorted(rejected_total.items())),
-        "rejected_by_file": {k: sum(e["rejected"].values()) for k, e in sorted({**counts, **meta_counts}.items())
-                             if e["rejected"]},
-        "rows_read": {k: e["rows"] for k, e in sorted({**counts, **meta_counts}.items())},
-        "blank_lines": 0,
+        "rejected_by_file": {k: sum(e["rejected"].values()) for k, e in sources.items() if e["rejected"]},
+        "rows_read": {k: e["rows"] for k, e in sources.items()},
     }
-    return OwnPrepared(interactions, items_table(item_ids, metadata),
-                       rejected(events).unionByName(meta_rejects), user_ids, item_ids, summary)
