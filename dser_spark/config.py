@@ -10,6 +10,7 @@ key. ``--set section.key=value`` overrides apply on top of the YAML file.
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,10 +285,12 @@ class RecommendConfig:
     k: int = setting(10, "recommendations per user", gt=0)
     users: str = setting("all", "users to score: `all` in interactions, a warehouse table name, or a "
                                 "Parquet path / URI with a `user_id` column", nonempty=True)
-    user_ids: list[int] = setting([], "an explicit list of users (wins over `users`)")
+    user_ids: list[int | str] = setting([], "an explicit list of users (wins over `users`); the source's ids, "
+                                            "strings where your own data's ids are strings")
     items: str = setting("all", "candidate items: `all` the model knows, a table name, or a Parquet path / URI "
                                 "with an `item_id` column", nonempty=True)
-    item_ids: list[int] = setting([], "an explicit list of candidate items (wins over `items`)")
+    item_ids: list[int | str] = setting([], "an explicit list of candidate items (wins over `items`); the "
+                                            "source's ids, as for `user_ids`")
     exclude_seen: bool = setting(True, "leave out items the user already interacted with")
     scoring: Literal["full", "dot"] = setting("full", "`dot`: only the GMF and taste dot products, without "
                                                       "the MLP tower")
@@ -356,13 +359,19 @@ class Config:
         return dataclasses.asdict(self)
 
     def check(self) -> None:
-        rc = self.recommend
-        if self.data.format in OWN_FORMATS and (rc.user_ids or rc.item_ids or rc.users != "all" or rc.items != "all"):
-            raise ConfigError(f"recommend.users / user_ids / items / item_ids: not supported with data.format="
-                              f"{self.data.format} yet (lists of your own ids); recommend for all users and items")
+        if self.data.format in OWN_FORMATS:
+            return
+        for key in ("user_ids", "item_ids"):
+            for i, value in enumerate(getattr(self.recommend, key)):
+                if isinstance(value, str):
+                    raise ConfigError(f"recommend.{key}[{i}]: MovieLens ids are integers, got {value!r} (string "
+                                      f"ids are for data.format table / parquet / csv)")
 
 
 # ------------------------------------------------------------------ loading
+UNIONS = (types.UnionType, typing.Union)  # ``int | str`` as written, and as ``get_type_hints`` may return it
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check/convert one value to the annotated type, naming the key on error."""
     origin = get_origin(tp)
@@ -370,6 +379,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value not in get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not one of {list(get_args(tp))}")
         return value
+    if origin in UNIONS:  # the first of the types that takes the value
+        for option in get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {' or '.join(t.__name__ for t in get_args(tp))}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -512,6 +528,8 @@ def _type_text(tp: Any, meta: dict) -> str:
         text = "list of " + _type_text(item, {})
     elif origin is dict:
         text = "mapping"
+    elif origin in UNIONS:
+        text = " or ".join(_type_text(t, {}) for t in get_args(tp))
     else:
         text = {bool: "bool", int: "int", float: "float", str: "string"}[tp]
     bounds = [f"{op} {meta[name]:g}" for name, op in (("gt", ">"), ("ge", ">="), ("le", "<="))

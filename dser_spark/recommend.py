@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from dser_spark import faults, tables
 from dser_spark.artifacts import Trained, load_from_bytes
 from dser_spark.coldstart import inferred_user_parts, newest_first
-from dser_spark.config import Config, RecommendConfig
+from dser_spark.config import OWN_FORMATS, Config, RecommendConfig
 from dser_spark.ids import lookup
 from dser_spark.model import window_means
 from dser_spark.scoring import Kernel, on_worker, seen_columns, task_threads, top_k
@@ -269,20 +269,44 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
     return events(interactions, users, partitions).mapInPandas(score, RECS_SCHEMA)
 
 
-def id_list(spark: SparkSession, cfg: Config, spec: str, ids: list[int], column: str) -> DataFrame | None:
+def id_list(spark: SparkSession, cfg: Config, spec: str, ids: list[int | str], column: str) -> DataFrame | None:
     """The ids a ``recommend.users`` / ``recommend.items`` setting names, or None for all.
 
     ``ids`` (a list) wins; else ``spec`` is ``all``, a warehouse table name,
-    or a path / URI of Parquet files; either must have ``column``.
+    or a path / URI of Parquet files; either must have ``column``. Your own
+    data's ids are the source's, turned into the dense ids (``to_dense``).
     """
+    own = cfg.data.format in OWN_FORMATS
     if ids:
-        return spark.createDataFrame([(int(i),) for i in ids], f"{column} int")
-    if spec == "all":
+        df = spark.createDataFrame([(str(i) if own else int(i),) for i in ids], f"{column} {'string' if own else 'int'}")
+    elif spec == "all":
         return None
-    df = spark.read.parquet(spec) if ("/" in spec or ":" in spec) else tables.read_table(spark, cfg, spec)
-    if column not in df.columns:
-        raise tables.ValidationError(f"{spec}: expected a column '{column}', found {df.columns}")
+    else:
+        df = spark.read.parquet(spec) if ("/" in spec or ":" in spec) else tables.read_table(spark, cfg, spec)
+        if column not in df.columns:
+            raise tables.ValidationError(f"{spec}: expected a column '{column}', found {df.columns}")
+    if own:
+        return to_dense(spark, cfg, df, column)
     return df.select(F.col(column).cast("int").alias(column)).where(F.col(column).isNotNull()).distinct()
+
+
+def to_dense(spark: SparkSession, cfg: Config, wanted: DataFrame, column: str) -> DataFrame:
+    """Your own ids (``column`` in any type) -> the dense ids of ``user_ids`` / ``item_ids``; ids that prepare
+    never saw cannot be scored and are left out, with a warning naming some (an error when none is known)."""
+    key = F.col(column).cast("string").alias("source_id")
+    asked = wanted.select(key).where(F.col("source_id").isNotNull()).distinct()
+    ids = tables.read_table(spark, cfg, f"{column}s").select(column, F.col("source_id").cast("string"))
+    found = asked.join(ids, "source_id", "left")
+    unknown = found.where(F.col(column).isNull())
+    missing, total = unknown.count(), found.count()
+    if missing:
+        some = ", ".join(repr(r["source_id"]) for r in unknown.orderBy("source_id").limit(5).collect())
+        what = f"recommend.{column.removesuffix('_id')}s"
+        if missing == total:
+            raise tables.ValidationError(f"{what}: none of the {total} ids is in {column}s (e.g. {some})")
+        log.warning("%s: %d of %d ids are not in %ss (never in the source) and are left out, e.g. %s",
+                    what, missing, total, column, some)
+    return found.where(F.col(column).isNotNull()).select(column)
 
 
 def candidate_items(spark: SparkSession, cfg: Config, model_items: np.ndarray) -> np.ndarray | None:

@@ -4,6 +4,12 @@ Two nights of ``recommendations`` (``partitioned.publish``), ``items``,
 ``interactions`` and ``metrics`` (``tables.write_table``) and a stored model
 with its manifest (``models.store``). ``expected`` reads the same tables back
 with pyarrow, independently of ``dser_spark.serving``, for the assertions.
+
+``build(..., own_ids=True)`` writes the warehouse of your own data instead:
+string user ids (UUID-like) and string item ids (SKUs) in ``user_ids`` /
+``item_ids``, dense ids in ``interactions`` and ``items``, and the
+recommendations published with the source's ids, as ``prepare`` and
+``publish`` write them for ``data.format: parquet``.
 """
 from __future__ import annotations
 
@@ -70,20 +76,50 @@ def recommendations(dt: str) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "rank", "item_id", "score", "source", "model_run_id"])
 
 
-def publish(spark, cfg: Config, dt: str) -> None:
-    schema = "user_id int, rank int, item_id int, score float, source string, model_run_id string"
-    partitioned.publish(spark, cfg, spark.createDataFrame(recommendations(dt), schema), "recommendations", dt)
+def user_source_id(u: int) -> str:
+    """A UUID-like id whose order differs from the dense ids' (so a missed mapping shows)."""
+    return f"{(u * 7919) % 10007:04x}c1e-9b2d-4c3a-8e1f-{u:012d}"
 
 
-def build(spark, root: Path) -> Path:
+def item_source_id(i: int) -> str:
+    """A SKU whose order differs from the dense ids'."""
+    return f"BK-{(i * 37) % 101:05d}-X"
+
+
+def source_ids(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with its dense ``user_id`` / ``item_id`` replaced by the source's ids."""
+    return df.assign(**{c: df[c].map(f) for c, f in (("user_id", user_source_id), ("item_id", item_source_id))
+                        if c in df})
+
+
+def publish(spark, cfg: Config, dt: str, own_ids: bool = False) -> None:
+    recs = recommendations(dt)
+    kind = "string" if own_ids else "int"
+    schema = f"user_id {kind}, rank int, item_id {kind}, score float, source string, model_run_id string"
+    partitioned.publish(spark, cfg, spark.createDataFrame(source_ids(recs) if own_ids else recs, schema),
+                        "recommendations", dt)
+
+
+def _id_maps(spark, cfg: Config) -> None:
+    """``user_ids`` and ``item_ids`` as prepare writes them for your own data."""
+    for name, key, ids, to_source in (("user_ids", "user_id", [*USERS, 7], user_source_id),
+                                      ("item_ids", "item_id", range(1, N_ITEMS + 1), item_source_id)):
+        rows = [(i, to_source(i)) for i in ids]
+        tables.write_table(spark, cfg, spark.createDataFrame(rows, f"{key} int, source_id string"), name)
+
+
+def build(spark, root: Path, own_ids: bool = False) -> Path:
     """Write the fixture warehouse under ``root`` (once per test session: reused when complete)."""
     if (root / "recommendations" / partitioned.MANIFEST).is_file():
         return root
     cfg = config(root)
     items = [(i, "Amélie — l'ünïcode" if i == 7 else f"Film {i}", None if i == 13 else 1990 + i,
-              [["Drama"], ["Comedy", "Drama"], [], ["Horror"]][i % 4]) for i in range(1, N_ITEMS + 1)]
-    tables.write_table(spark, cfg, spark.createDataFrame(items, "item_id int, title string, year int, "
-                                                                "genres array<string>"), "items")
+              [["Drama"], ["Comedy", "Drama"], [], ["Horror"]][i % 4], item_source_id(i))
+             for i in range(1, N_ITEMS + 1)]
+    items = spark.createDataFrame(items, "item_id int, title string, year int, genres array<string>, raw_id string")
+    tables.write_table(spark, cfg, items if own_ids else items.drop("raw_id"), "items")
+    if own_ids:
+        _id_maps(spark, cfg)
     ratings = spark.createDataFrame(interactions(), "user_id int, item_id int, rating float, t long")
     tables.write_table(spark, cfg, ratings.selectExpr("user_id", "item_id", "rating", "timestamp_seconds(t) AS ts"),
                        "interactions")
@@ -95,16 +131,25 @@ def build(spark, root: Path) -> Path:
                        "model string, protocol string, metric string, k int, value double"), "metrics")
     _model(spark, cfg, DAY1)
     for dt in (DAY1, DAY2):
-        publish(spark, cfg, dt)
+        publish(spark, cfg, dt, own_ids)
     return root
 
 
+def _table(root: Path, name: str) -> pd.DataFrame:
+    return pq.read_table(sorted(str(p) for p in (root / name).glob("*.parquet"))).to_pandas()
+
+
 def expected(root: Path) -> dict:
-    """The fixture's tables read back with pyarrow (published files only): recs by dt, history, items."""
+    """The fixture's tables read back with pyarrow (published files only): recs by dt, history, items; with the
+    source's ids (mapped with pandas through ``user_ids`` / ``item_ids`` for your own data)."""
     recs = {dt: pq.read_table(files).to_pandas().sort_values(["user_id", "rank"])
             for dt, files in partitioned.published_files(root / "recommendations").items()}
-    history = pq.read_table(sorted(str(p) for p in (root / "interactions").glob("*.parquet"))).to_pandas()
-    items = pq.read_table(sorted(str(p) for p in (root / "items").glob("*.parquet"))).to_pandas()
+    history, items = _table(root, "interactions"), _table(root, "items")
+    if (root / "user_ids").is_dir():
+        maps = {key: _table(root, f"{key}s").set_index(key)["source_id"] for key in ("user_id", "item_id")}
+        history = history.assign(user_id=history["user_id"].map(maps["user_id"]),
+                                 item_id=history["item_id"].map(maps["item_id"]))
+        items = items.assign(item_id=items["item_id"].map(maps["item_id"])).drop(columns="raw_id")
     return {"recs": recs, "history": history.sort_values(["user_id", "ts"], ascending=[True, False]),
             "items": items.set_index("item_id"), "manifest": json.loads((root / "models" / MODEL_ID /
                                                                           "manifest.json").read_text())}

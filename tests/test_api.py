@@ -24,6 +24,16 @@ def client(root):
     return TestClient(api.create_app(Store(root, reload_seconds=0)))
 
 
+@pytest.fixture(scope="module")
+def own_root(spark, tmp_path_factory):
+    return fx.build(spark, tmp_path_factory.getbasetemp() / "serving-own-ids", own_ids=True)
+
+
+@pytest.fixture(scope="module")
+def own_client(own_root):
+    return TestClient(api.create_app(Store(own_root, reload_seconds=0)))
+
+
 def test_recommendations_history_item_and_health_equal_the_tables(client, root):
     want = fx.expected(root)
     got = client.get("/users/3/recommendations").json()
@@ -87,6 +97,29 @@ def test_hostile_inputs_are_refused_with_404_or_422(client, path, params, status
     assert "detail" in response.json()
 
 
+def test_own_data_is_served_by_the_sources_string_ids(own_client, own_root):
+    want = fx.expected(own_root)
+    user = fx.user_source_id(1001)
+    got = own_client.get(f"/users/{user}/recommendations", params={"k": 4}).json()
+    recs = want["recs"][fx.DAY2].query("user_id == @user")
+    assert got["user_id"] == user and [r["item_id"] for r in got["items"]] == recs["item_id"].tolist()[:4]
+    assert all(r["item_id"].startswith("BK-") for r in got["items"])
+    assert [r["title"] for r in got["items"]] == [want["items"].loc[i, "title"]
+                                                   for i in recs["item_id"][:4]]
+    hist = own_client.get(f"/users/{user}/history").json()
+    rows = want["history"].query("user_id == @user")
+    assert hist["total"] == len(rows) and [h["item_id"] for h in hist["items"]] == rows["item_id"].tolist()
+    sku = fx.item_source_id(7)
+    item = own_client.get(f"/items/{sku}").json()
+    assert item["item_id"] == sku and item["title"] == "Amélie — l'ünïcode" and "raw_id" not in item
+    for path in (f"/users/{fx.user_source_id(424242)}/history", "/users/3/recommendations", "/items/7",
+                 "/users/1 OR 1=1/history", f"/items/{sku.lower()}"):
+        assert own_client.get(path).status_code == 404, path
+    assert own_client.get(f"/users/{'x' * 300}/history").status_code == 422
+    health = own_client.get("/health").json()
+    assert health["rows"]["users"] == 8 and health["rows"]["items"] == fx.N_ITEMS
+
+
 def test_nothing_is_writable_and_the_schema_is_the_contract(client):
     for method in ("POST", "PUT", "PATCH", "DELETE"):
         assert client.request(method, "/users/3/recommendations").status_code == 405
@@ -95,7 +128,7 @@ def test_nothing_is_writable_and_the_schema_is_the_contract(client):
                                     "/items/{item_id}", "/health"}
     assert all(set(ops) == {"get"} for ops in schema["paths"].values())
     params = {p["name"]: p["schema"] for p in schema["paths"]["/users/{user_id}/recommendations"]["get"]["parameters"]}
-    assert params["user_id"]["type"] == "integer" and params["k"]["anyOf"][0]["maximum"] == api.MAX_K
+    assert params["user_id"]["type"] == "string" and params["k"]["anyOf"][0]["maximum"] == api.MAX_K
     assert params["dt"]["anyOf"][0]["format"] == "date"
     item = schema["components"]["schemas"]["Recommendation"]["properties"]
     assert {"rank", "item_id", "title", "year", "genres", "score", "source"} <= set(item)

@@ -76,7 +76,7 @@ def _rows(page, container: str) -> list[list[str]]:
     return [[c.strip() for c in row.locator("th, td").all_inner_texts()] for row in table.locator("tbody tr").all()]
 
 
-def _wait_for_user(page, user: int) -> None:
+def _wait_for_user(page, user: int | str) -> None:
     page.get_by_role("heading", name=f"User {user}").wait_for(timeout=30_000)
     page.locator(".st-key-recommendations table").first.wait_for(timeout=30_000)
     page.wait_for_function("() => !document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=30_000)
@@ -116,3 +116,33 @@ def test_a_shared_link_opens_the_user_and_night(page, dashboard, root, tmp_path)
     page.get_by_text("Unknown user id 424242").wait_for(timeout=30_000)
     page.screenshot(path=str(tmp_path / "unknown-user.png"))
     assert Path(tmp_path / "unknown-user.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def own_dashboard(spark, tmp_path_factory):
+    """``dser-spark dashboard`` on the fixture warehouse of your own data (string ids); (base URL, root)."""
+    root = fx.build(spark, tmp_path_factory.getbasetemp() / "serving-own-ids", own_ids=True)
+    port = fx.free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = fx.start(fx.cli("dashboard", "--set", f"warehouse.root={root}", "--port", str(port)),
+                    f"{url}/_stcore/health", tmp_path_factory.mktemp("own-dashboard-cwd"))
+    yield url, root
+    fx.stop(proc)
+
+
+def test_a_user_of_own_data_is_found_by_string_id(page, own_dashboard, tmp_path):
+    url, root = own_dashboard
+    want = fx.expected(root)
+    user = fx.user_source_id(1001)
+    page.goto(url)
+    search = page.get_by_role("textbox", name="User id")
+    search.wait_for(timeout=60_000)
+    search.fill(user)
+    search.press("Enter")
+    _wait_for_user(page, user)
+    titles = want["items"]["title"]
+    recs = want["recs"][fx.DAY2].query("user_id == @user").head(5)
+    assert [r[1] for r in _rows(page, "recommendations")] == [titles[i] for i in recs["item_id"]]
+    history = want["history"].query("user_id == @user").head(5)
+    assert [r[0] for r in _rows(page, "history")] == [titles[i] for i in history["item_id"]]
+    page.screenshot(path=str(tmp_path / "own-ids.png"), full_page=True)

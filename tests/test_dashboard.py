@@ -46,6 +46,25 @@ def test_views_show_the_tables(snap, root):
     assert views.quality_over_nights(snap, 10)["DSER HR@10"].tolist() == pytest.approx([0.70, 0.71])
 
 
+def test_views_and_search_of_own_data_use_the_sources_string_ids(spark, tmp_path_factory):
+    root = fx.build(spark, tmp_path_factory.getbasetemp() / "serving-own-ids", own_ids=True)
+    snap, want = load(root), fx.expected(root)
+    user = fx.user_source_id(3)
+    assert snap.string_users and snap.string_items and views.user_key(snap, user) == user
+    recs = views.recommendations(snap, user, fx.DAY1)
+    assert [r["item_id"] for r in recs["items"]] == want["recs"][fx.DAY1].query("user_id == @user")["item_id"].tolist()
+    diff = views.changes(snap, user, fx.DAY2)
+    assert diff["entered"] and all(i["item_id"].startswith("BK-") and i["title"] for i in diff["entered"])
+    assert views.history(snap, user, 2)["items"][0]["item_id"] == want["history"].query("user_id == @user").item_id.iloc[0]
+    ids = sorted(fx.user_source_id(u) for u in [*fx.USERS, 7])
+    assert views.search_users(snap, None, "", 3) == (ids[:3], 8)
+    prefix = user[:6]
+    assert views.search_users(snap, None, prefix, 5) == ([i for i in ids if i.startswith(prefix)], 1)
+    assert views.search_users(snap, None, "zz", 5) == ([], 0)
+    with pytest.raises(views.NotFound):
+        views.recommendations(snap, "3")
+
+
 def test_user_search_at_160k_users_reads_ranges_not_every_id():
     users = np.arange(1, 162_542, dtype=np.int64)
     night = Night("2026-01-01", Offsets(users, np.arange(len(users) + 1)), *([np.zeros(len(users))] * 4), ("model",),
@@ -116,6 +135,19 @@ def test_typing_an_unknown_id_or_a_bad_dt_says_so(monkeypatch, root):
     assert "user ids are integers" in _texts(at)
     at.text_input(key="user").input("3").run()
     assert at.header[0].value == "User 3" and "Since the previous night (2026-05-01)" in [s.value for s in at.subheader]
+
+
+def test_a_link_opens_a_user_of_own_data_by_string_id(monkeypatch, spark, tmp_path_factory):
+    root = fx.build(spark, tmp_path_factory.getbasetemp() / "serving-own-ids", own_ids=True)
+    user = fx.user_source_id(1001)
+    at = _page(monkeypatch, root, user=user)
+    assert not at.exception and at.header[0].value == f"User {user}"
+    want = fx.expected(root)
+    titles = want["items"]["title"]
+    assert at.table[1].value["Title"].tolist() == [titles[i] for i in
+                                                   want["recs"][fx.DAY2].query("user_id == @user")["item_id"][:5]]
+    at.text_input(key="user").input(user[:3]).run()
+    assert f"ids start with {user[:3]}" in _texts(at)
 
 
 @pytest.mark.parametrize("where,message", [("nowhere", "no warehouse at"), ("empty", "nothing published yet")])

@@ -194,12 +194,18 @@ def test_catalog_table_with_timestamps_and_item_metadata(spark, tmp_path):
     (["data.format=parquet", "data.path=/x", "data.columns={user: a, item: b, ts: c}", "data.items=/y"],
      r"data\.item_columns\.item"),
     (["data.columns={user: a, item: b, ts: c}"], r"data\.columns"),
-    (["data.format=csv", "data.path=/x", "data.columns={user: a, item: b, ts: c}", "recommend.user_ids=[1]"],
-     r"recommend\.users"),
+    (["recommend.user_ids=[1, u7]"], r"recommend\.user_ids\[1\]: MovieLens ids are integers"),
+    (["recommend.item_ids=[[1]]"], r"recommend\.item_ids\[0\]: expected int or str"),
 ])
 def test_bad_own_data_settings_name_the_key(sets, key):
     with pytest.raises(ConfigError, match=key):
         load_config(None, sets)
+
+
+def test_listed_ids_keep_the_sources_type():
+    cfg = load_config(None, ["data.format=csv", "data.path=/x", "data.columns={user: a, item: b, ts: c}",
+                             "recommend.user_ids=[7, c-0042]", "recommend.item_ids=[BK-00417-X]"])
+    assert cfg.recommend.user_ids == [7, "c-0042"] and cfg.recommend.item_ids == ["BK-00417-X"]
 
 
 # ------------------------------------------------------------------ whole nightlies
@@ -222,16 +228,17 @@ def _hr(spark, cfg) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_bookshop_nightly_publishes_the_sources_string_ids(spark, tmp_path):
-    from dser_spark import pipeline, tables
+    from dser_spark import partitioned, pipeline, tables
+    from dser_spark.tables import ValidationError
     from dser_spark.synthetic_books import generate_books
 
     generate_books(tmp_path / "shop", users=600, books=1500, events=15_000, seed=3)
     events = pq.read_table(tmp_path / "shop" / "events").to_pandas()
     books = pq.read_table(tmp_path / "shop" / "books").to_pandas()
-    cfg = load_config(REPO / "conf" / "example-own-data.yaml", [
-        f"data.path={tmp_path / 'shop' / 'events'}", f"data.items={tmp_path / 'shop' / 'books'}",
-        f"warehouse.root={tmp_path / 'warehouse'}", "train.epochs=2", "embed.epochs=5", "embed.content_epochs=5",
-        "evaluate.baselines=[ItemPop]", "evaluate.full_ranking=false", "train.show_progress=false"])
+    sets = [f"data.path={tmp_path / 'shop' / 'events'}", f"data.items={tmp_path / 'shop' / 'books'}",
+            f"warehouse.root={tmp_path / 'warehouse'}", "train.epochs=2", "embed.epochs=5", "embed.content_epochs=5",
+            "evaluate.baselines=[ItemPop]", "evaluate.full_ranking=false", "train.show_progress=false"]
+    cfg = load_config(REPO / "conf" / "example-own-data.yaml", sets)
     pipeline.run_nightly(spark, cfg, DT)
     recs = _published(spark, cfg)
     assert recs.user_id.dtype == object and recs.item_id.dtype == object     # strings, as the source has them
@@ -250,6 +257,19 @@ def test_bookshop_nightly_publishes_the_sources_string_ids(spark, tmp_path):
     # trained and scored through the dense ids: far above chance (10 of 100 candidates); on this small synthetic
     # shop at 2 epochs it does not beat ItemPop (0.485 vs 0.512), which the test does not claim
     assert hr["DSER"] > 0.3
+
+    # recommend for a list of customers by their own ids, over candidate books listed in a Parquet file by SKU
+    some = sorted(set(events.customer_id))[:3]
+    skus = sorted(set(events.sku))[:200]
+    parquet_dir(tmp_path / "wanted", [pd.DataFrame({"item_id": skus + ["BK-99999-Z"]})])
+    listed = load_config(REPO / "conf" / "example-own-data.yaml", [
+        *sets, f"recommend.user_ids=[{', '.join([*some, 'no-such-customer'])}]", f"recommend.items={tmp_path / 'wanted'}"])
+    pipeline.run_stage(spark, listed, "recommend", "2026-01-02")
+    again = spark.read.parquet(partitioned.location(spark, cfg, "recommendations", "2026-01-02")).toPandas()
+    assert set(again.user_id) == set(some) and set(again.item_id) <= set(skus) and len(again) == 30
+    nobody = load_config(REPO / "conf" / "example-own-data.yaml", [*sets, "recommend.user_ids=[nobody]"])
+    with pytest.raises(ValidationError, match="none of the 1 ids is in user_ids"):
+        pipeline.run_stage(spark, nobody, "recommend", "2026-01-03")
 
 
 @pytest.mark.slow
@@ -280,9 +300,14 @@ def test_ml100k_as_parquet_with_string_users_reaches_the_builtin_hr(spark, ml100
     assert recs.user_id.str.startswith("u").all() and recs.item_id.dtype == "int64"
     assert set(recs.user_id) == set(export.viewer)
 
-
-def test_dashboard_and_api_say_they_do_not_serve_own_ids_yet(tmp_path):
+    from dser_spark.serving import views
     from dser_spark.serving.store import load
 
-    (tmp_path / "user_ids").mkdir()
-    assert "holds your own data's ids" in load(tmp_path).problem
+    snap = load(tmp_path / "warehouse")  # the dashboard's and the API's view: string users, 64-bit items
+    assert snap.string_users and not snap.string_items
+    served = views.recommendations(snap, views.user_key(snap, "u196"))
+    assert [r["item_id"] for r in served["items"]] == recs.query("user_id == 'u196'").sort_values("rank").item_id.tolist()
+    assert served["items"][0]["title"] == items.set_index("item_id").title[served["items"][0]["item_id"]]
+    assert views.history(snap, "u196")["total"] == (export.viewer == "u196").sum()
+
+

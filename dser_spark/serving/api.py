@@ -2,6 +2,9 @@
 
 ``GET /users/{id}/recommendations?k=&dt=``, ``GET /users/{id}/history?limit=``,
 ``GET /items/{id}``, ``GET /health``; the OpenAPI schema at ``/openapi.json``.
+Ids are the source's own: integers for MovieLens, strings (UUIDs, SKUs) or
+integers for your own data, as the published tables carry them; an id that is
+not one of the served type (``abc`` where ids are integers) is a 422.
 Typed, bounded parameters give 422 for anything malformed; 404 for an unknown
 user or item, 422 for a ``k`` above what is published or a ``dt`` that is not
 published, 503 while there is nothing to serve. There are no write endpoints,
@@ -20,19 +23,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from dser_spark.serving import views
-from dser_spark.serving.store import INT64, Store
+from dser_spark.serving.store import Store
 
 log = logging.getLogger("dser_spark")
 
 MAX_K = 1000        # no night publishes more; the published K is checked per night
 MAX_HISTORY = 1000
 
-UserId = Annotated[int, Path(ge=INT64[0], le=INT64[1], description="the source's user id")]
-ItemId = Annotated[int, Path(ge=INT64[0], le=INT64[1], description="the source's item id")]
+ID_HELP = "the source's {} id: an integer (int64), or a string where the source's ids are strings"
+UserId = Annotated[str, Path(min_length=1, max_length=views.MAX_ID_LENGTH, description=ID_HELP.format("user"))]
+ItemId = Annotated[str, Path(min_length=1, max_length=views.MAX_ID_LENGTH, description=ID_HELP.format("item"))]
+Id = int | str  # a source id in its own type (JSON number or string)
 
 
 class Item(BaseModel):
-    item_id: int
+    item_id: Id
     title: str | None
     year: int | None
     genres: list[str]
@@ -45,7 +50,7 @@ class Recommendation(Item):
 
 
 class Recommendations(BaseModel):
-    user_id: int
+    user_id: Id
     dt: str
     model_id: str
     items: list[Recommendation]
@@ -57,13 +62,13 @@ class Rating(Item):
 
 
 class History(BaseModel):
-    user_id: int
+    user_id: Id
     total: int
     items: list[Rating]
 
 
 class ItemDetail(BaseModel, extra="allow"):
-    item_id: int
+    item_id: Id
     title: str | None = None
     year: int | None = None
     genres: list[str] | None = None
@@ -97,7 +102,7 @@ def create_app(store: Store) -> FastAPI:
 
     @app.exception_handler(views.BadParameter)
     async def bad_parameter(_: Request, exc: views.BadParameter) -> JSONResponse:
-        return _error(422, [{"loc": ["query", exc.param], "msg": str(exc), "type": "value_error"}])
+        return _error(422, [{"loc": [exc.location, exc.param], "msg": str(exc), "type": "value_error"}])
 
     @app.exception_handler(views.Unavailable)
     async def unavailable(_: Request, exc: views.Unavailable) -> JSONResponse:
@@ -111,7 +116,8 @@ def create_app(store: Store) -> FastAPI:
             dt: Annotated[_dt.date | None, Query(description="published night (default: the latest)")] = None,
     ) -> dict:
         """The user's top-k recommendations on night ``dt``, rank first."""
-        return views.recommendations(store.current(), user_id, dt.isoformat() if dt else None, k)
+        snap = store.current()
+        return views.recommendations(snap, views.user_key(snap, user_id), dt.isoformat() if dt else None, k)
 
     @app.get("/users/{user_id}/history", response_model=History,
              responses={404: {"description": "unknown user"}, 503: {"description": "nothing published"}})
@@ -119,13 +125,15 @@ def create_app(store: Store) -> FastAPI:
                            limit: Annotated[int, Query(ge=1, le=MAX_HISTORY, description="ratings to return")] = 20,
                            ) -> dict:
         """The user's most recent ratings, newest first, and how many there are in all."""
-        return views.history(store.current(), user_id, limit)
+        snap = store.current()
+        return views.history(snap, views.user_key(snap, user_id), limit)
 
     @app.get("/items/{item_id}", response_model=ItemDetail,
              responses={404: {"description": "unknown item"}, 503: {"description": "nothing published"}})
     async def get_item(item_id: ItemId) -> dict:
         """Every column of the item in the ``items`` table."""
-        return views.item(store.current(), item_id)
+        snap = store.current()
+        return views.item(snap, views.item_key(snap, item_id))
 
     @app.get("/health", response_model=Health, responses={503: {"model": Health}})
     async def health() -> JSONResponse | dict:

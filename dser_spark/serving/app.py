@@ -19,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from dser_spark.serving import diagram, views
-from dser_spark.serving.store import Snapshot, Store
+from dser_spark.serving.store import Key, Snapshot, Store
 
 HISTORY_ROWS = 5
 DEFAULT_K = 5
@@ -85,16 +85,16 @@ def _pick(key: str) -> None:
     st.session_state["user"] = str(st.session_state[key])
 
 
-def choose_user(snap: Snapshot, dt: str) -> int | None:
+def choose_user(snap: Snapshot, dt: str) -> Key | None:
     """The sidebar's user search: an id typed (matched as you type) or one picked among the matches."""
-    text = st.sidebar.text_input("User id", key="user", placeholder="type an id, e.g. 42", live="300ms",
+    text = st.sidebar.text_input("User id", key="user", placeholder="type an id or its start", live="300ms",
                                  help="the source's user id; matching ids are listed as you type").strip()
     try:
         matches, total = views.search_users(snap, dt, text, SUGGESTIONS)
     except views.BadParameter as exc:
         st.sidebar.error(str(exc))
         return None
-    exact = text != "" and matches[:1] == [int(text)]
+    exact = text != "" and matches[:1] == [views.user_key(snap, text)]
     if not exact and matches:
         what = f"Users starting with {text}" if text else f"Users of {dt}"
         key = f"pick-{dt}-{text}"
@@ -105,10 +105,10 @@ def choose_user(snap: Snapshot, dt: str) -> int | None:
                    + (f"; {total:,} ids start with {text} (see the sidebar)." if total else "."))
     elif not text:
         st.info(f"Type a user id in the sidebar, or pick one: {total:,} users in dt={dt}.")
-    return int(text) if exact else None
+    return matches[0] if exact else None
 
 
-def user_page(snap: Snapshot, dt: str, user: int) -> None:
+def user_page(snap: Snapshot, dt: str, user: Key) -> None:
     """History, recommendations and the change since the night before, for one user."""
     recs = views.recommendations(snap, user, dt)
     n = snap.nights[dt]

@@ -11,6 +11,12 @@ DuckDB and laid out for lookups that never scan a table:
 * ``items`` as a dict, ``metrics`` as a small frame, and the manifest and
   architecture of every model behind a published night.
 
+Ids are the source's own, in its type: the MovieLens tables carry them
+already; your own data's warehouse (``data.format: table | parquet | csv``)
+keeps dense ids in ``interactions`` and ``items``, which the load joins to
+``user_ids`` / ``item_ids`` so that every key is the source's id (an integer,
+or a string such as a UUID or a SKU).
+
 ``Store.current()`` returns the snapshot in force; at most every
 ``reload_seconds`` it checks the manifest's identity (inode, mtime, size:
 ``partitioned.publish`` replaces it in one step) and, when it changed, loads
@@ -56,28 +62,45 @@ def local_root(root: str) -> Path:
     return Path(root).absolute()
 
 
+Key = int | str  # a source id: an integer, or a string (UUID, SKU, ...)
+
+
+def id_array(values: np.ndarray) -> np.ndarray:
+    """Ids as int64, or as a fixed-width string array for string ids (sorted as DuckDB sorts: by code point)."""
+    values = np.asarray(values)
+    return values.astype(np.int64) if values.dtype.kind in "iu" else values.astype(str)
+
+
 @dataclass(frozen=True)
 class Offsets:
     """Rows grouped by a sorted key: rows ``starts[i]:starts[i + 1]`` belong to ``keys[i]``."""
 
-    keys: np.ndarray    # int64, sorted, unique
+    keys: np.ndarray    # int64 or str, sorted, unique
     starts: np.ndarray  # int64, len(keys) + 1
 
     @classmethod
     def of_sorted(cls, column: np.ndarray) -> Offsets:
         """Offsets of a column already sorted by key (one pass, no sort)."""
-        column = np.asarray(column, dtype=np.int64)
+        column = id_array(column)
         starts = np.concatenate([[0], np.flatnonzero(column[1:] != column[:-1]) + 1, [len(column)]])
-        return cls(column[starts[:-1]], starts.astype(np.int64))
+        keys = column[starts[:-1]]
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():
+            raise ValueError("ids are not sorted the way lookups search them")
+        return cls(keys, starts.astype(np.int64))
+
+    @property
+    def strings(self) -> bool:
+        """Whether the keys are strings (else integers)."""
+        return self.keys.dtype.kind == "U"
 
     @property
     def total(self) -> int:
         """Rows of every key."""
         return int(self.starts[-1])
 
-    def rows(self, key: int) -> slice | None:
+    def rows(self, key: Key) -> slice | None:
         """The rows of ``key`` (None when the key is absent)."""
-        if not INT64[0] <= key <= INT64[1]:
+        if isinstance(key, str) != self.strings or (not self.strings and not INT64[0] <= key <= INT64[1]):
             return None
         i = int(np.searchsorted(self.keys, key))
         if i < len(self.keys) and self.keys[i] == key:
@@ -92,7 +115,7 @@ class Night:
     dt: str
     users: Offsets
     rank: np.ndarray
-    item_id: np.ndarray
+    item_id: np.ndarray            # int64 or str, as the source has them
     score: np.ndarray
     source: np.ndarray             # codes into ``sources``
     sources: tuple[str, ...]
@@ -105,7 +128,7 @@ class History:
     """Every interaction, sorted by user then newest first (``ts`` in epoch milliseconds)."""
 
     users: Offsets
-    item_id: np.ndarray
+    item_id: np.ndarray     # int64 or str
     rating: np.ndarray
     ts: np.ndarray
 
@@ -127,7 +150,7 @@ class Snapshot:
     root: Path
     nights: dict[str, Night] = field(default_factory=dict)      # by dt, oldest first
     history: History | None = None
-    items: dict[int, dict] = field(default_factory=dict)
+    items: dict[Key, dict] = field(default_factory=dict)
     metrics: pd.DataFrame = field(default_factory=pd.DataFrame)
     models: dict[str, ModelInfo] = field(default_factory=dict)
     version: tuple | None = None
@@ -141,6 +164,16 @@ class Snapshot:
     @property
     def latest(self) -> str | None:
         return self.dts[-1] if self.nights else None
+
+    @property
+    def string_users(self) -> bool:
+        """Whether user ids are strings (else integers)."""
+        return bool(self.nights) and self.nights[self.latest].users.strings
+
+    @property
+    def string_items(self) -> bool:
+        """Whether item ids are strings (else integers)."""
+        return bool(self.nights) and self.nights[self.latest].item_id.dtype.kind == "U"
 
 
 def manifest_version(root: Path) -> tuple | None:
@@ -169,24 +202,51 @@ def _load_night(con: duckdb.DuckDBPyConnection, dt: str, files: list[str]) -> Ni
                       "read_parquet($files, hive_partitioning = false) ORDER BY user_id, rank",
                       {"files": files, "sources": list(sources)}).fetchnumpy()
     return Night(dt=dt, users=Offsets.of_sorted(got["user_id"]), rank=np.asarray(got["rank"], np.int32),
-                 item_id=np.asarray(got["item_id"], np.int64), score=np.asarray(got["score"], np.float64),
+                 item_id=id_array(got["item_id"]), score=np.asarray(got["score"], np.float64),
                  source=np.asarray(got["source"], np.int8), sources=sources, model_ids=models,
                  k=int(got["rank"].max()) if len(got["rank"]) else 0)
 
 
-def _load_history(con: duckdb.DuckDBPyConnection, files: list[str]) -> History:
-    got = _query(con, "SELECT user_id, item_id, rating, epoch_ms(ts) AS ts FROM {files} "
-                      "ORDER BY user_id, ts DESC NULLS LAST, item_id", files).fetchnumpy()
+def _parquet(name: str) -> str:
+    return f"read_parquet(${name}, hive_partitioning = false)"
+
+
+def _source_ids(root: Path) -> dict[str, list[str]] | None:
+    """Your own data's id maps (``user_ids`` / ``item_ids`` files); None for a MovieLens warehouse."""
+    if not (root / "user_ids").is_dir():
+        return None
+    maps = {name: _files(root / name) for name in ("user_ids", "item_ids")}
+    for name, files in maps.items():
+        if not files:
+            raise FileNotFoundError(f"{root / name}: no Parquet files (the id map of your own data)")
+    return maps
+
+
+def _load_history(con: duckdb.DuckDBPyConnection, files: list[str], maps: dict[str, list[str]] | None) -> History:
+    """Every interaction by the source's ids, sorted by user then newest first."""
+    if maps is None:
+        sql = f"SELECT user_id, item_id, rating, epoch_ms(ts) AS ts FROM {_parquet('h')}"
+    else:
+        sql = (f"SELECT u.source_id AS user_id, i.source_id AS item_id, h.rating, epoch_ms(h.ts) AS ts "
+               f"FROM {_parquet('h')} h JOIN {_parquet('user_ids')} u ON h.user_id = u.user_id "
+               f"JOIN {_parquet('item_ids')} i ON h.item_id = i.item_id")
+    got = con.execute(f"SELECT * FROM ({sql}) ORDER BY user_id, ts DESC NULLS LAST, item_id",
+                      {"h": files, **(maps or {})}).fetchnumpy()
     users = Offsets.of_sorted(got.pop("user_id"))
-    return History(users, np.asarray(got["item_id"], np.int32), np.ma.filled(got["rating"], np.nan),
-                   np.ma.filled(got["ts"], 0))
+    return History(users, id_array(got["item_id"]), np.ma.filled(got["rating"], np.nan), np.ma.filled(got["ts"], 0))
 
 
-def _load_items(con: duckdb.DuckDBPyConnection, files: list[str]) -> dict[int, dict]:
-    cursor = _query(con, "SELECT * FROM {files}", files)
+def _load_items(con: duckdb.DuckDBPyConnection, files: list[str], maps: dict[str, list[str]] | None) -> dict[Key, dict]:
+    """Every item's columns by the source's item id (your own data's ``raw_id`` is that id, so it is left out)."""
+    if maps is None:
+        cursor = con.execute(f"SELECT * FROM {_parquet('i')}", {"i": files})
+    else:
+        cursor = con.execute(f"SELECT m.source_id AS item_id, i.* EXCLUDE (item_id, raw_id) FROM {_parquet('i')} i "
+                             f"JOIN {_parquet('item_ids')} m ON i.item_id = m.item_id",
+                             {"i": files, "item_ids": maps["item_ids"]})
     names = [d[0] for d in cursor.description]
     key = names.index("item_id")
-    return {int(row[key]): dict(zip(names, row)) for row in cursor.fetchall()}
+    return {row[key]: dict(zip(names, row)) for row in cursor.fetchall()}
 
 
 def _load_models(root: Path, ids: set[str]) -> dict[str, ModelInfo]:
@@ -208,22 +268,19 @@ def load(root: Path) -> Snapshot:
         return Snapshot(root, loaded_at=now, problem=f"no warehouse at {root}: check warehouse.root "
                                                      f"(--config / --set warehouse.root=...)")
     version = manifest_version(root)
-    if (root / "user_ids").is_dir():
-        return Snapshot(root, version=version, loaded_at=now,
-                        problem=f"{root} holds your own data's ids (data.format table / parquet / csv): the "
-                                f"dashboard and the API serve warehouses of MovieLens sources only, so far")
     published = published_files(root / RECOMMENDATIONS)
     if not published:
         return Snapshot(root, version=version, loaded_at=now,
                         problem=f"nothing published yet under {root}: run `dser-spark nightly` (or "
                                 f"`dser-spark recommend`) first")
+    maps = _source_ids(root)
     con = duckdb.connect()
     try:
         nights = {dt: _load_night(con, dt, files) for dt, files in sorted(published.items())}
         history_files, item_files = _files(root / "interactions"), _files(root / "items")
         metric_files = _files(root / "metrics")
-        history = _load_history(con, history_files) if history_files else None
-        items = _load_items(con, item_files) if item_files else {}
+        history = _load_history(con, history_files, maps) if history_files else None
+        items = _load_items(con, item_files, maps) if item_files else {}
         metrics = (_query(con, "SELECT * FROM {files}", metric_files).df()
                    if metric_files else pd.DataFrame())
     finally:
