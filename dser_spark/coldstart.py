@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dser_spark.config import EmbedConfig
-from dser_spark.model import DSER, window_means
+from dser_spark.model import DSER
 
 
 def vector_user_parts(model: DSER, long: torch.Tensor, recent: torch.Tensor
@@ -77,6 +77,5 @@ def inferred_user_parts(model: DSER, histories: list[np.ndarray], item_counts: n
     first): an inferred paragraph vector (seeded by (seed, user)) and the recent windows."""
     long = infer_vectors(histories, model.item_out_vectors.numpy(), item_counts, embed.epochs,
                          max(1, embed.negative), [[seed, int(u) % 2 ** 63] for u in user_ids])
-    context = newest_first(histories, max(1, int(model.windows.max())))
-    recent = window_means(model.item_vectors, context, model.windows)
+    recent = model.recent(newest_first(histories, model.context_length))
     return vector_user_parts(model, torch.from_numpy(long), recent)

@@ -113,6 +113,16 @@ class DSER(nn.Module):
         self.long_term_weight = nn.Parameter(torch.tensor(0.0))
         self.item_bias = nn.Parameter(torch.zeros(n_items))
 
+    # -- the short-term state from a history (training, serving, new users) --
+    @property
+    def context_length(self) -> int:
+        """Items of a history, newest first, that ``recent`` reads."""
+        return max(1, int(self.windows.max()))
+
+    def recent(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, W, d) the recent windows of ``context`` (B, K): item indexes newest first, -1 past the start."""
+        return window_means(self.item_vectors, context, self.windows)
+
     # -- per-side parts (computed once per user / once per item when scoring) --
     def taste_vector(self, u: torch.Tensor, recent: torch.Tensor | None = None) -> torch.Tensor:
         """(B, d) Σ_w a_w recent_w + a_long long: the user side of the taste dot product."""

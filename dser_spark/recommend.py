@@ -27,7 +27,6 @@ from dser_spark.artifacts import Trained, load_from_bytes
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import OWN_FORMATS, Config, RecommendConfig
 from dser_spark.ids import lookup
-from dser_spark.model import window_means
 from dser_spark.scoring import Kernel, on_worker, seen_columns, task_threads, top_k
 
 log = logging.getLogger("dser_spark")
@@ -111,8 +110,7 @@ class Serving:
         recent windows) computed from tonight's positives, not the ones stored at training time."""
         model = self.trained.model
         items = [p[f] for p, f in (lookup(self.trained.item_ids, h) for h in positives)]
-        context = newest_first(items, max(1, int(model.windows.max())))
-        recent = window_means(model.item_vectors, context, model.windows)
+        recent = model.recent(newest_first(items, model.context_length))
         return model.user_part(torch.from_numpy(np.asarray(idx, dtype=np.int64)), recent)
 
     def _scored(self, user_ids: np.ndarray, histories: list[np.ndarray], source: str,

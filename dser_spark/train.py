@@ -274,7 +274,7 @@ class BatchScorer(nn.Module):
     def forward(self, users: torch.Tensor, items: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         """(B, M) logits; ``context`` (B, K): the items before each positive (next-item training), else None."""
         m = self.model
-        recent = window_means(m.item_vectors, context, m.windows) if context is not None else None
+        recent = m.recent(context) if context is not None else None
         return m.score_items(m.user_part(users, recent), m.item_part(items.clamp(min=0)))
 
 
