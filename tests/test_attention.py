@@ -1,0 +1,157 @@
+"""The attention encoder on small synthetic data (no Spark)."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dser_spark import attention as A
+
+N_ITEMS = 20
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small(**kw) -> A.AttentionParams:
+    base = dict(max_len=10, dim=32, blocks=2, heads=2, dropout=0.1, epochs=1, batch_size=16, lr=5e-3, seed=3)
+    base.update(kw)
+    return A.AttentionParams(**base)
+
+
+def successor_sequences(users: int, seed: int = 0) -> list[np.ndarray]:
+    """Each user walks the items in order from a random start: item i is followed by i + 1 (wrapping)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(users):
+        start, length = rng.integers(0, N_ITEMS), rng.integers(4, 14)
+        out.append((start + np.arange(length)) % N_ITEMS + 1)
+    return out
+
+
+def vectors(rows: int, dim: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(rows, dim)).astype(np.float32)
+
+
+def test_state_at_t_ignores_later_items():
+    model = A.SequenceEncoder(N_ITEMS, small()).eval()
+    seq = torch.tensor([[3, 5, 7, 9, 11, 13, 2, 4, 6, 8]])
+    later = seq.clone()
+    later[0, 6:] = torch.tensor([19, 18, 17, 16])
+    a, b = model(seq), model(later)
+    assert torch.equal(a[0, :6], b[0, :6])
+    assert not torch.allclose(a[0, 6:], b[0, 6:])
+
+
+def test_padding_does_not_change_states():
+    model = A.SequenceEncoder(N_ITEMS, small()).eval()
+    short, long = np.array([4, 6, 8]), np.arange(1, 11)
+    alone = A.final_states(model, [short])
+    batched = A.final_states(model, [long, short])
+    assert torch.allclose(alone[0], batched[1], atol=1e-6)
+    rows = torch.from_numpy(A.pad_left([short], 10))
+    full = model(rows)[0, -3:]
+    trimmed = model(rows[:, -3:])[0]  # positions are counted from the right
+    with torch.no_grad():
+        model.item_emb.weight[A.PAD] = 5.0  # whatever the pad row holds
+    assert torch.allclose(full, trimmed, atol=1e-6)
+    assert torch.allclose(model(rows)[0, -3:], full, atol=1e-6)
+
+
+def test_training_learns_the_successor_pattern_and_lowers_the_loss():
+    seqs = successor_sequences(300)
+    model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0))
+    losses = A.fit(model, seqs)
+    assert losses[-1] < 0.5 * losses[0]
+    histories = successor_sequences(100, seed=1)
+    expected = np.array([h[-1] % N_ITEMS + 1 for h in histories])
+    top = A.scores(model, histories).argmax(1).numpy() + 1
+    assert (top == expected).mean() >= 0.9
+
+
+def test_same_seed_same_weights_other_seed_not():
+    seqs = successor_sequences(60)
+
+    def weights(seed: int) -> dict[str, torch.Tensor]:
+        model = A.SequenceEncoder(N_ITEMS, small(epochs=2, seed=seed))
+        A.fit(model, seqs)
+        return model.state_dict()
+
+    a, b, c = weights(5), weights(5), weights(6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("loss, sampling", [("full", "uniform"), ("sampled", "uniform"), ("sampled", "popularity")])
+def test_both_losses_train(loss, sampling):
+    seqs = successor_sequences(200)
+    model = A.SequenceEncoder(N_ITEMS, small(epochs=6, loss=loss, negatives=8, sampling=sampling))
+    losses = A.fit(model, seqs)
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_chunked_softmax_equals_autograd_cross_entropy():
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(700, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 30, (700,), generator=g)
+    ours = A._ChunkedSoftmaxCE.apply(h, v, b, t, 128, False)
+    ref = F.cross_entropy(h @ v.T + b, t)
+    g1, g2 = torch.autograd.grad(3 * ours, [h, v, b]), torch.autograd.grad(3 * ref, [h, v, b])
+    assert torch.allclose(ours, ref)
+    assert all(torch.allclose(x, y) for x, y in zip(g1, g2))
+
+
+def test_scores_are_states_times_item_matrix_plus_bias():
+    model = A.SequenceEncoder(N_ITEMS, small())
+    with torch.no_grad():
+        model.bias.uniform_()
+    histories = [np.array([1, 2, 3]), np.array([7])]
+    v, b = A.item_matrix(model)
+    states = A.final_states(model, histories)
+    assert v.shape == (N_ITEMS, 32) and b.shape == (N_ITEMS,) and states.shape == (2, 32)
+    assert torch.allclose(A.scores(model, histories), states @ v.T + b)
+    last = model.eval()(torch.from_numpy(A.pad_left(histories, 10)))[:, -1]
+    assert torch.allclose(states, last, atol=1e-6)
+
+
+def test_dser_inputs_change_the_model_only_where_switched_on():
+    item_vec, content, user_vec = vectors(N_ITEMS, 16, 1), vectors(N_ITEMS, 8, 2), vectors(5, 16, 3)
+    hist, users = [np.array([2, 4, 6]), np.array([1, 3])], np.array([0, 4])
+
+    def build(**switches) -> A.SequenceEncoder:
+        return A.SequenceEncoder(N_ITEMS, small(**switches), item_vec, content, user_vec).eval()
+
+    base = build()
+    plain = A.SequenceEncoder(N_ITEMS, small()).eval()  # vectors given but every switch off: no effect
+    assert torch.equal(A.item_matrix(base)[0], A.item_matrix(plain)[0])
+    assert torch.equal(A.final_states(base, hist, users), A.final_states(plain, hist))
+    for switch, items_change, states_change in (("item_init", True, True), ("item_features", True, True),
+                                                ("content", True, True), ("long_term", False, True)):
+        on = build(**{switch: True})
+        same_items = torch.equal(A.item_matrix(on)[0], A.item_matrix(base)[0])
+        same_states = torch.allclose(A.final_states(on, hist, users), A.final_states(base, hist, users))
+        assert same_items != items_change, switch
+        assert same_states != states_change, switch
+        # every parameter the switch does not add starts from the same values
+        shared = {k: v for k, v in base.state_dict().items() if not (switch == "item_init" and k == "item_emb.weight")}
+        assert all(torch.equal(on.state_dict()[k], v) for k, v in shared.items()), switch
+    with pytest.raises(ValueError):
+        A.SequenceEncoder(N_ITEMS, small(content=True))
+
+
+def test_untied_output_and_item_init_at_another_size():
+    model = A.SequenceEncoder(N_ITEMS, dataclasses.replace(small(), tied=False, item_init=True),
+                              vectors(N_ITEMS, 12, 0))
+    assert model.out_emb is not None
+    assert not torch.equal(A.item_matrix(model)[0], model.item_emb.weight[1:])
+    A.fit(model, successor_sequences(40))
