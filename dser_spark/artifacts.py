@@ -62,7 +62,13 @@ def load_artifacts(directory: Path) -> Trained:
     user_ids = pd.read_parquet(directory / "user_index.parquet")["user_id"].to_numpy()
     item_ids = pd.read_parquet(directory / "item_index.parquet")["item_id"].to_numpy()
     history = json.loads((directory / "history.json").read_text())
-    return Trained(from_state(state, cfg.model), user_ids, item_ids, history, chosen_epochs(history), cfg)
+    if cfg.model.encoder == "attention":
+        from dser_spark import sequence_model  # it builds on Trained: imported here, not at the top
+
+        model = sequence_model.from_state(state, cfg.model)
+    else:
+        model = from_state(state, cfg.model)
+    return Trained(model, user_ids, item_ids, history, chosen_epochs(history), cfg)
 
 
 def chosen_epochs(history: list[dict]) -> int | None:

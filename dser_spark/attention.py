@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -204,8 +204,10 @@ class SequenceEncoder(nn.Module):
         return v, b
 
     # ---------------------------------------------------------------- users
-    def forward(self, seq: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
-        """States (B, T, d) of left-padded item rows ``seq`` (B, T <= max_len); ``users`` (B,) for long_term.
+    def forward(self, seq: torch.Tensor, users: torch.Tensor | None = None,
+                user_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """States (B, T, d) of left-padded item rows ``seq`` (B, T <= max_len); for long_term, ``users`` (B,)
+        (rows of ``user_vectors``) or ``user_vectors`` (B, d_s) themselves, standardised as the stored ones.
 
         Positions are counted from the right (the last column is position
         ``max_len - 1``), so trimming leading padding changes nothing.
@@ -221,9 +223,10 @@ class SequenceEncoder(nn.Module):
             x = block(x, blocked) * valid[..., None]
         x = self.norm(x)
         if self.user_proj is not None:
-            if users is None:
-                raise ValueError("long_term needs the users of the rows")
-            x = x + self.user_proj(self.user_features[users])[:, None, :]
+            if users is None and user_vectors is None:
+                raise ValueError("long_term needs the users of the rows or their vectors")
+            vectors = self.user_features[users] if users is not None else user_vectors
+            x = x + self.user_proj(vectors)[:, None, :]
         return x
 
 
@@ -343,12 +346,13 @@ def sampling_distribution(sequences: Sequence[np.ndarray], n_items: int, how: st
 EpochCallback = Callable[[int, float, float], None]  # (epoch, mean loss, seconds)
 
 
-def fit(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarray | None = None,
-        on_epoch: EpochCallback | None = None) -> list[float]:
-    """Train next-item at every position of each user's items (indexes 1..n), ``params.epochs`` epochs.
+def epochs(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarray | None = None
+           ) -> Iterator[tuple[int, float, float]]:
+    """Train next-item at every position of each user's items (indexes 1..n), up to ``params.epochs`` epochs,
+    yielding (epoch, mean loss, seconds) after each, with the model in eval mode (the caller may validate,
+    keep the weights, or stop).
 
     ``users`` (U,) are the rows of ``user_vectors`` (needed with ``long_term``).
-    Returns the mean training loss of each epoch.
     """
     p = model.params
     torch.manual_seed(p.seed)
@@ -372,7 +376,7 @@ def fit(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarr
             scale *= 0.5 * (1 + math.cos(math.pi * step / max(steps, 1)))
         return p.lr * scale
 
-    history, step = [], 0
+    step = 0
     for epoch in range(p.epochs):
         model.train()
         start, total, count = time.perf_counter(), 0.0, 0
@@ -399,10 +403,18 @@ def fit(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarr
             step += 1
             total += loss.item() * len(tgt)
             count += len(tgt)
-        history.append(total / max(count, 1))
+        model.eval()
+        yield epoch + 1, total / max(count, 1), time.perf_counter() - start
+
+
+def fit(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarray | None = None,
+        on_epoch: EpochCallback | None = None) -> list[float]:
+    """Train ``params.epochs`` epochs (``epochs``); returns the mean training loss of each epoch."""
+    history = []
+    for epoch, loss, seconds in epochs(model, sequences, users):
+        history.append(loss)
         if on_epoch is not None:
-            on_epoch(epoch + 1, history[-1], time.perf_counter() - start)
-    model.eval()
+            on_epoch(epoch, loss, seconds)
     return history
 
 

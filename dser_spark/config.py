@@ -171,9 +171,42 @@ class RecentConfig:
 
 
 @dataclass
+class AttentionConfig:
+    """The attention sequence encoder (``model.encoder: attention``): SASRec-style causal blocks over each
+    user's most recent items, carrying DSER's Doc2Vec inputs; trained next-item at every position."""
+
+    max_len: int = setting(200, "L: the most recent items a user state sees", gt=0)
+    dim: int = setting(64, "width of item representations and user states", gt=0)
+    blocks: int = setting(2, "pre-norm causal self-attention blocks", gt=0)
+    heads: int = setting(1, "attention heads (must divide `dim`)", gt=0)
+    dropout: float = setting(0.2, "dropout of embeddings, attention and feed-forward", ge=0, le=0.9)
+    item_init: bool = setting(True, "DSER input: the Doc2Vec item vectors initialise the item ID embedding")
+    item_features: bool = setting(False, "DSER input: the Doc2Vec item vectors, frozen, projected and added to "
+                                         "every item representation")
+    content: bool = setting(True, "DSER input: the content vectors (titles, genres, tags), frozen, projected "
+                                  "and added to every item representation")
+    long_term: bool = setting(False, "DSER input: the user's paragraph vector, projected and added to the state")
+    warmup_steps: int = setting(0, "steps of linear learning-rate warm-up", ge=0)
+    schedule: Literal["constant", "cosine"] = setting("constant", "learning rate after warm-up: `constant`, or "
+                                                                  "`cosine` decay to 0 over `train.epochs`")
+    bf16: bool = setting(False, "bfloat16 matrix products in training (faster on CPUs with bf16 units)")
+
+    def check(self) -> None:
+        if self.dim % self.heads:
+            raise ConfigError(f"model.attention.heads: {self.heads} does not divide dim {self.dim}")
+
+
+@dataclass
 class ModelConfig:
     """The DSER network; switching parts off gives the baselines."""
 
+    encoder: Literal["doc2vec", "attention"] = setting(
+        "doc2vec", "the user's short-term state: `doc2vec`, the recent windows of Doc2Vec item vectors inside "
+                   "the GMF + MLP network; `attention`, a causal self-attention encoder over the last "
+                   "`model.attention.max_len` items, scored by a dot product with the item vectors "
+                   "(`model.attention`); the GMF, MLP and recency switches apply to `doc2vec` only")
+    attention: AttentionConfig = field(default_factory=AttentionConfig,
+                                       metadata={"doc": "the attention encoder"})
     gmf_dim: int = setting(32, "size of the GMF user and item ID embeddings", gt=0)
     mlp_layers: list[int] = setting([64, 32, 16], "sizes of the MLP tower's layers (the first is the "
                                                   "separable user + item layer)", gt=0, nonempty=True)
@@ -204,15 +237,18 @@ class TrainConfig:
     sample_table_epochs: list[int] = setting(
         [], "epochs whose samples `sequences` writes to the `train_samples` table (for inspection or export; "
             "training draws the same negatives itself); empty: the table is not written", ge=0)
-    batch_size: int = setting(1024, "positives per optimisation step (each with its negatives)", gt=0)
+    batch_size: int = setting(1024, "positives per optimisation step (each with its negatives); with "
+                                    "`model.encoder: attention`, users' sequences per step", gt=0)
     lr: float = setting(0.002, "Adam learning rate", gt=0)
     weight_decay: float = setting(0.0, "Adam weight decay", ge=0)
     sparse_ids: bool = setting(False, "sparse gradients and lazy Adam (`torch.optim.SparseAdam`) for the GMF ID "
                                       "embeddings: a step updates only the rows of its batch, so an epoch no "
                                       "longer costs (users + items) per step; for 10^5+ users or items (dense "
                                       "Adam's numbers differ slightly; needs `weight_decay: 0`; driver path only)")
-    loss: Literal["bce", "bpr", "softmax"] = setting(
-        "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives")
+    loss: Literal["bce", "bpr", "softmax", "full_softmax"] = setting(
+        "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives (with "
+               "`model.encoder: attention`, `softmax` is a sampled softmax over `negatives` items shared by a "
+               "batch); `full_softmax` (attention only): against every item")
     objective: Literal["next", "static"] = setting(
         "next", "`next`: each positive scored with the recent windows of the history before it; `static`: "
                 "with the user's final windows")
@@ -252,8 +288,8 @@ class TrainConfig:
                               "a process's heap at 25M ratings (it works at 1M); use one or the other")
 
 
-BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF")
-Baseline = Literal["ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF"]
+BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF", "SASRec")
+Baseline = Literal["ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF", "SASRec"]
 
 
 @dataclass
@@ -358,7 +394,18 @@ class Config:
         """Plain nested dict (round-trips through ``from_dict``)."""
         return dataclasses.asdict(self)
 
+    def _check_encoder(self) -> None:
+        attention, loss = self.model.encoder == "attention", self.train.loss
+        if attention and loss in ("bce", "bpr"):
+            raise ConfigError(f"train.loss: {loss} is for model.encoder doc2vec; the attention encoder trains "
+                              f"with softmax (sampled) or full_softmax")
+        if not attention and loss == "full_softmax":
+            raise ConfigError("train.loss: full_softmax needs model.encoder: attention")
+        if attention and self.train.distributed:
+            raise ConfigError("train.distributed: the attention encoder trains on the driver only, so far")
+
     def check(self) -> None:
+        self._check_encoder()
         if self.data.format in OWN_FORMATS:
             return
         for key in ("user_ids", "item_ids"):

@@ -187,11 +187,11 @@ def baseline_config(cfg: ModelConfig, name: str) -> ModelConfig:
         raise ValueError(f"unknown model variant {name!r} (known: {', '.join(parts)})")
     gmf, mlp, rec = parts[name]
     if name == "Recency":  # the untrained score: main window only, no long-term, no bias
-        return dataclasses.replace(cfg, use_gmf=False, use_mlp=False, use_recency=True, use_long_term=False,
-                                   item_bias=False)
+        return dataclasses.replace(cfg, encoder="doc2vec", use_gmf=False, use_mlp=False, use_recency=True,
+                                   use_long_term=False, item_bias=False)
     if name != "DSER":
-        return dataclasses.replace(cfg, use_gmf=gmf, use_mlp=mlp, use_recency=rec, use_long_term=False,
-                                   item_bias=False)
+        return dataclasses.replace(cfg, encoder="doc2vec", use_gmf=gmf, use_mlp=mlp, use_recency=rec,
+                                   use_long_term=False, item_bias=False)
     return cfg
 
 

@@ -83,7 +83,7 @@ class Kernel:
             self.layers = [(w.detach(), b.detach()) for w, b in _tower_layers(model.tower)]
         self.mlp = mlp and model.cfg.use_mlp
         self.widths = [hi.shape[1]] + [w.shape[1] for w, _ in self.layers]
-        self.pairs = pairs or cache_pairs(self.widths[0])
+        self.pairs = pairs or (cache_pairs(self.widths[0]) if self.mlp else 0)
         self._scratch = threading.local()
 
     @property

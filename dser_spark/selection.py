@@ -23,9 +23,9 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from dser_spark import baselines, distributed, evaluate
+from dser_spark import baselines, distributed, evaluate, sequence_model
 from dser_spark.artifacts import Trained
-from dser_spark.config import Config, ModelConfig
+from dser_spark.config import Config, ModelConfig, TrainConfig
 from dser_spark.model import DSER, baseline_config
 from dser_spark.recommend import popularity
 from dser_spark.sequences import EVAL, SELECT, SERVE, VALIDATION
@@ -91,6 +91,9 @@ def fit_scope(cfg: Config, source: FitSource, model_cfg: ModelConfig, scope: str
     data = source.fit_data(scope)
     validate = (validator((data.user_ids, data.item_ids), source.candidates(VALIDATION), cfg.train.validation_k)
                 if validated else None)
+    if model_cfg.encoder == "attention":
+        return sequence_model.fit(data, model_cfg, cfg.train, cfg.seed, label=label, validate=validate,
+                                  epochs=epochs)
     return fit(data, model_cfg, cfg.train, cfg.seed, label=label, validate=validate, epochs=epochs,
                checkpoint_dir=checkpoint_dir)
 
@@ -140,6 +143,19 @@ def tune_als(cfg: Config, source: FitSource) -> baselines.Factors:
     return baselines.fit_als(source.positives(EVAL), universe, best[0], best[1], e.als_alpha, e.als_iter, cfg.seed)
 
 
+def baseline_training(cfg: Config, name: str) -> TrainConfig:
+    """How a neural baseline trains: SASRec as the attention model does (``train``); GMF, MLP and NeuMF for
+    ``evaluate.baseline_epochs``, and, beside an attention model, with the defaults of the pairwise losses."""
+    if name == sequence_model.SASREC:
+        return cfg.train if cfg.train.loss in ("softmax", "full_softmax") else \
+            dataclasses.replace(cfg.train, loss="full_softmax", batch_size=128, epochs=cfg.evaluate.baseline_epochs)
+    train = dataclasses.replace(cfg.train, epochs=cfg.evaluate.baseline_epochs)
+    if cfg.model.encoder == "attention":
+        d = TrainConfig()
+        train = dataclasses.replace(train, loss=d.loss, batch_size=d.batch_size, negatives=d.negatives, lr=d.lr)
+    return train
+
+
 def baseline_model(cfg: Config, source: FitSource, name: str, checkpoints: str
                    ) -> tuple[evaluate.Model, list[dict] | None, str]:
     """(model to evaluate, training history, note) of one baseline on the eval scope, its choices made on
@@ -155,7 +171,9 @@ def baseline_model(cfg: Config, source: FitSource, name: str, checkpoints: str
         model = DSER(data.inputs, baseline_config(cfg.model, "Recency")).eval()
         return (evaluate.KernelModel(evaluate.model_files(Trained(model, data.user_ids, data.item_ids), cfg)),
                 None, f"untrained, last {cfg.recent.k} items")
-    bcfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=cfg.evaluate.baseline_epochs))
-    fitted, _ = select_and_refit(bcfg, source, baseline_config(cfg.model, name), name, [EVAL], checkpoints)
-    return (evaluate.KernelModel(evaluate.model_files(fitted[EVAL], cfg)), fitted[EVAL].history,
+    model_cfg = sequence_model.baseline(cfg.model) if name == sequence_model.SASREC else \
+        baseline_config(cfg.model, name)
+    bcfg = dataclasses.replace(cfg, train=baseline_training(cfg, name))
+    fitted, _ = select_and_refit(bcfg, source, model_cfg, name, [EVAL], checkpoints)
+    return (evaluate.KernelModel(evaluate.model_files(fitted[EVAL], bcfg)), fitted[EVAL].history,
             f"epochs {fitted[EVAL].best_epoch}")

@@ -115,3 +115,22 @@ def test_doc2vec_in_executors_gives_the_driver_vectors(spark, small_movielens, t
             assert _plain(frame[column]) == _plain(on_executors[name][column]), (name, column)
     record = tables.read_json(spark, cfg, runs.record_name(cfg, DT, "embed"))
     assert [s["step"] for s in record["steps"]][0] == "doc2vec" and record["spark_jobs"] >= 3
+
+
+def test_nightly_with_the_attention_encoder_and_sasrec(spark, small_movielens, tmp_path):
+    """The attention encoder through every stage (stored, evaluated on the executors, served), SASRec and a
+    doc2vec-family baseline (its own pairwise loss) beside it."""
+    overrides = [f"data.path={small_movielens}", "data.format=ml-latest", f"warehouse.root={tmp_path / 'wh'}",
+                 "model.encoder=attention", "model.attention.dim=16", "model.attention.max_len=20",
+                 "train.loss=full_softmax", "train.batch_size=8", "train.lr=0.01", "train.epochs=10", "train.patience=0",
+                 "embed.epochs=5", "embed.content_epochs=5", "recommend.k=5", "train.show_progress=false",
+                 "evaluate.baselines=[ItemPop, SASRec, GMF]", "evaluate.baseline_epochs=1"]
+    assert _run(*overrides) == 0
+    cfg = load_config("conf/default.yaml", overrides)
+    first = _check_published(spark, cfg, 60, 5)
+    metrics = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
+    assert set(metrics.model) == {"DSER", "ItemPop", "SASRec", "GMF"}
+    hr = metrics.query("protocol == 'sampled' and metric == 'HR' and k == 10").set_index("model")["value"]
+    print(hr.to_dict())
+    assert hr["DSER"] > 0.3  # two taste groups of 40 items: chance is ~0.17, a model that learned them ~0.4
+    assert set(first.source) == {"model"}
