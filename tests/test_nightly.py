@@ -1,6 +1,7 @@
 """End to end: the nightly job through the command line on small data (real ml-100k: test_lifecycle.py)."""
 import csv
 import datetime as dt
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,6 +9,7 @@ import pytest
 
 from dser_spark import cli, partitioned, runs, tables
 from dser_spark.config import load_config
+from dser_spark.serving.diagram import architecture, describe, dot
 
 DT = "2026-11-25"
 
@@ -134,3 +136,8 @@ def test_nightly_with_the_attention_encoder_and_sasrec(spark, small_movielens, t
     print(hr.to_dict())
     assert hr["DSER"] > 0.3  # two taste groups of 40 items: chance is ~0.17, a model that learned them ~0.4
     assert set(first.source) == {"model"}
+    directory = tmp_path / "wh" / "models" / first.model_run_id.iloc[0]
+    arch = architecture(directory, json.loads((directory / "manifest.json").read_text()))
+    lines = describe(arch)  # the dashboard's drawing of the served model
+    assert arch.items == 80 and lines[0].startswith("Attention encoder: the user's last 20 items, item embeddings 80 x 16")
+    assert "Doc2Vec item vectors as the ID embedding's start" in lines[1] and "2 causal" in dot(arch)

@@ -37,6 +37,7 @@ class Architecture:
     windows: tuple[int, ...]
     recency_weights: tuple[float, ...] | None
     long_term_weight: float | None
+    attention: dict | None = None  # ``model.attention`` of a ``model.encoder: attention`` model
 
     @property
     def fusion_inputs(self) -> int:
@@ -93,15 +94,35 @@ def architecture(directory: Path, manifest: dict) -> Architecture | None:
         use_gmf=model.get("use_gmf", True), use_mlp=model.get("use_mlp", True),
         use_recency=model.get("use_recency", True), use_long_term=model.get("use_long_term", True),
         item_bias=model.get("item_bias", True), windows=windows, recency_weights=weights,
-        long_term_weight=long_term)
+        long_term_weight=long_term, attention=model.get("attention") if model.get("encoder") == "attention" else None)
 
 
 def _n(count: int | None) -> str:
     return f"{count:,} x " if count else ""
 
 
+def _dser_inputs(at: dict) -> list[str]:
+    """The Doc2Vec inputs an attention model carries."""
+    return [text for key, text in (("item_init", "Doc2Vec item vectors as the ID embedding's start"),
+                                   ("item_features", "projected Doc2Vec item vectors"),
+                                   ("content", "projected content vectors"),
+                                   ("long_term", "the projected paragraph vector in the user state"))
+            if at.get(key)]
+
+
+def _describe_attention(a: Architecture) -> list[str]:
+    at = a.attention
+    inputs = _dser_inputs(at)
+    return [f"Attention encoder: the user's last {at['max_len']} items, item embeddings {_n(a.items)}{at['dim']} + "
+            f"learned positions, {at['blocks']} pre-norm causal self-attention blocks ({at['heads']} head(s))",
+            "DSER inputs: " + ("; ".join(inputs) if inputs else "none (SASRec)"),
+            f"Score: user state ({at['dim']}) . item vector ({at['dim']}) + item bias"]
+
+
 def describe(a: Architecture) -> list[str]:
     """The architecture as text lines (the diagram's accessible equivalent)."""
+    if a.attention is not None:
+        return _describe_attention(a)
     d, c, layers = a.vector_size, a.content_size, a.mlp_layers
     lines = [f"Doc2Vec inputs (frozen): user paragraph vectors {_n(a.users)}{d}, item sequence vectors and "
              f"output vectors {_n(a.items)}{d}, item content vectors {_n(a.items)}{c}"]
@@ -122,8 +143,29 @@ def describe(a: Architecture) -> list[str]:
     return lines
 
 
+def _dot_attention(a: Architecture) -> str:
+    at, d = a.attention, a.attention["dim"]
+    out = ['digraph DSER {', 'rankdir=LR; bgcolor="transparent";',
+           'node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];',
+           'edge [color="#5b6b80"];',
+           f'last [label="last {at["max_len"]} items\nof the user"];',
+           f'items [label="item embedding {_n(a.items)}{d}\n+ positions"];',
+           f'blocks [label="{at["blocks"]} causal self-attention\nblocks, {at["heads"]} head(s)"];',
+           f'state [label="user state {d}"];',
+           f'ivec [label="item vector {d}\n+ item bias"];',
+           'score [label="score(user, item)\ndot product", shape=oval, fillcolor="#dff3e3"];',
+           'last -> items -> blocks -> state -> score; items -> ivec -> score;']
+    inputs = _dser_inputs(at)
+    if inputs:
+        out += ['d2v [label="Doc2Vec (frozen)\n' + "\n".join(inputs) + '", style="rounded,dashed"];',
+                'd2v -> items;' + (' d2v -> state;' if at.get("long_term") else '')]
+    return "\n".join(out + ["}"])
+
+
 def dot(a: Architecture) -> str:
     """A Graphviz DOT drawing of the architecture."""
+    if a.attention is not None:
+        return _dot_attention(a)
     d, c, layers = a.vector_size, a.content_size, a.mlp_layers
     out = ['digraph DSER {', 'rankdir=LR; bgcolor="transparent";',
            'node [shape=box, style="rounded,filled", fillcolor="#eef3fb", fontname="Helvetica", fontsize=11];',
