@@ -1,0 +1,99 @@
+"""The attention model behind DSER's scoring interface: kernel top-K, stored artifacts and new users agree with
+the encoder itself (no Spark)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dser_spark import attention, sequence_model
+from dser_spark.artifacts import Trained, load_artifacts, save_artifacts
+from dser_spark.coldstart import inferred_user_parts
+from dser_spark.config import load_config
+from dser_spark.model import Inputs
+from dser_spark.scoring import Kernel, top_k
+from dser_spark.train import FitData
+
+USERS, ITEMS = 30, 25
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def fit_data(seed: int = 0) -> FitData:
+    """Users walking the items in order from a random start (ids 101.., items 11..), Doc2Vec-like inputs."""
+    rng = np.random.default_rng(seed)
+    item_ids = np.arange(11, 11 + ITEMS)
+    pos = [item_ids[(rng.integers(ITEMS) + np.arange(rng.integers(3, 12))) % ITEMS] for _ in range(USERS)]
+    g = torch.Generator().manual_seed(seed)
+    inputs = Inputs(torch.randn(USERS, 8, generator=g), None, torch.randn(ITEMS, 8, generator=g),
+                    torch.randn(ITEMS, 8, generator=g), torch.randn(ITEMS, 4, generator=g))
+    return FitData(np.arange(101, 101 + USERS), item_ids, pos, inputs)
+
+
+def config(*sets: str):
+    return load_config(None, ["model.encoder=attention", "model.attention.dim=16", "model.attention.max_len=8",
+                              "train.loss=full_softmax", "train.batch_size=8", "train.epochs=3", "train.lr=0.01",
+                              "model.attention.long_term=true", *sets])
+
+
+def trained(cfg) -> Trained:
+    t = sequence_model.fit(fit_data(), cfg.model, cfg.train, cfg.seed)
+    t.model.requires_grad_(False)  # scored as serving scores it
+    return t
+
+
+def test_kernel_top_k_equals_the_encoders_own_scores():
+    cfg = config()
+    t = trained(cfg)
+    model = t.model
+    u = torch.arange(USERS)
+    direct = model(u.repeat_interleave(ITEMS), torch.arange(ITEMS).repeat(USERS)).view(USERS, ITEMS)
+    kernel = Kernel(model, torch.arange(ITEMS))
+    logits = kernel.logits(kernel.users(model.user_part(u)), 0, ITEMS)
+    assert torch.allclose(logits, direct, atol=1e-5)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64))
+    scores, cols = top_k(kernel, kernel.users(model.user_part(u)), empty, 5, 10)
+    assert torch.equal(cols, direct.topk(5, dim=1).indices)
+    # the state of a stored user is the encoder's state after their fit-scope history
+    seqs = [np.searchsorted(t.item_ids, p) + 1 for p in fit_data().user_pos]
+    states = attention.final_states(model.encoder, seqs, np.arange(USERS))
+    assert torch.allclose(model.user_part(u)[2][:, :-1], states, atol=1e-5)
+
+
+def test_stored_and_reloaded_model_scores_the_same(tmp_path):
+    cfg = config()
+    t = trained(cfg)
+    t.config = cfg
+    save_artifacts(t, cfg, tmp_path)
+    back = load_artifacts(tmp_path)
+    assert isinstance(back.model, sequence_model.SequenceDSER)
+    u, i = torch.arange(USERS).repeat(3), torch.arange(3).repeat_interleave(USERS)
+    assert torch.equal(back.model(u, i), t.model(u, i))
+
+
+def test_a_new_user_with_a_known_users_history_gets_that_users_state():
+    cfg = config("model.attention.long_term=false")
+    t = trained(cfg)
+    data = fit_data()
+    history = [np.searchsorted(t.item_ids, data.user_pos[4])]
+    parts = inferred_user_parts(t.model, history, np.ones(ITEMS), cfg.embed, cfg.seed, np.array([999]))
+    known = t.model.user_part(torch.tensor([4]))
+    assert torch.allclose(parts[2], known[2], atol=1e-5)
+
+
+def test_fits_are_deterministic_and_sasrec_has_no_doc2vec_input():
+    cfg = config()
+    a, b = trained(cfg), trained(cfg)
+    assert all(torch.equal(x, y) for x, y in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    sas = sequence_model.SequenceDSER(fit_data().inputs, sequence_model.baseline(cfg.model),
+                                      sequence_model.params(sequence_model.baseline(cfg.model), cfg.train, 0),
+                                      torch.full((USERS, 8), -1))
+    enc = sas.encoder
+    assert enc.feature_proj is None and enc.content_proj is None and enc.user_proj is None
+    assert a.model.encoder.user_proj is not None and a.model.encoder.content_proj is not None
