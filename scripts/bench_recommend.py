@@ -17,9 +17,17 @@ best of ``--reps`` after one warm-up:
   (d) a bare in-process torch scorer of the same DSER model (same kernel, one
       thread per core, histories already in memory, nothing written)
 
+  (e) our recommend for all users with an attention model (``model.encoder:
+      attention``, random weights of ``model.attention``'s default shapes: the
+      user's state from their last 200 items, then state . item vector + bias),
+      Spark mapInPandas -> Parquet
+  (f) a bare in-process torch matmul + top-K over the same user states and
+      item vectors (states computed beforehand, not timed; nothing written)
+
 and the scoring kernel's GFLOP/s (one thread, 512 users, scoring + masking +
 top-K) against a measured one-thread fp32 matmul, alternated. The last line is
-``RESULT dser_vs_als=a/c dot_speedup_vs_als=c/b kernel_efficiency=... spark_overhead=a/d``.
+``RESULT dser_vs_als=a/c dot_speedup_vs_als=c/b kernel_efficiency=... spark_overhead=a/d
+attention_speedup_vs_als=c/e attention_vs_bare=e/f``.
 """
 from __future__ import annotations
 
@@ -40,11 +48,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dser_spark import pipeline, recommend, tables  # noqa: E402
+from dser_spark import pipeline, recommend, sequence_model, tables  # noqa: E402
 from dser_spark.config import Config, ModelConfig, RecommendConfig, load_config  # noqa: E402
 from dser_spark.model import DSER, Inputs  # noqa: E402
 from dser_spark.session import build_session  # noqa: E402
 from dser_spark.artifacts import Trained, load_artifacts, model_bytes, save_artifacts  # noqa: E402
+from dser_spark.coldstart import newest_first  # noqa: E402
 
 
 class PeakRSS(threading.Thread):
@@ -158,6 +167,39 @@ def random_model(user_ids: np.ndarray, item_ids: np.ndarray, seed: int = 0) -> T
     return Trained(model, np.sort(user_ids), np.sort(item_ids))
 
 
+ATTENTION = ["model.encoder=attention", "train.loss=full_softmax"]
+
+
+def random_attention_model(user_ids: np.ndarray, item_ids: np.ndarray, seed: int = 0) -> tuple[Trained, Config]:
+    """An attention model with random weights of ``model.attention``'s default shapes, and its config."""
+    cfg = load_config(None, ATTENTION)
+    g = torch.Generator().manual_seed(seed)
+    nu, ni, d = len(user_ids), len(item_ids), cfg.embed.vector_size
+    inputs = Inputs(torch.randn(nu, d, generator=g), None, torch.randn(ni, d, generator=g),
+                    torch.randn(ni, d, generator=g), torch.randn(ni, cfg.embed.content_vector_size, generator=g))
+    p = sequence_model.params(cfg.model, cfg.train, seed)
+    model = sequence_model.SequenceDSER(inputs, cfg.model, p, torch.full((nu, 1), -1)).eval()
+    return Trained(model, np.sort(user_ids), np.sort(item_ids), config=cfg), cfg
+
+
+@torch.no_grad()
+def bare_states(trained: Trained, hists: list[np.ndarray]) -> torch.Tensor:
+    """(f)'s input, not timed: every user's state from their history, as serving computes it."""
+    model, out = trained.model, []
+    for s in range(0, len(hists), 2048):
+        dense = [np.searchsorted(trained.item_ids, h) for h in hists[s:s + 2048]]
+        out.append(model.recent(newest_first(dense, model.context_length)))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def bare_top_k(states: torch.Tensor, items: torch.Tensor, bias: torch.Tensor, k: int, cores: int) -> None:
+    """(f): states @ item vectors + bias and a top-K, in blocks of users over ``cores`` threads."""
+    torch.set_num_threads(cores)
+    for s in range(0, len(states), 4096):
+        torch.topk(torch.addmm(bias, states[s:s + 4096], items.T), k, dim=1)
+
+
 def interleaved(runs: dict[str, tuple[str, Callable[[], None]]], reps: int, rss: PeakRSS) -> dict[str, float]:
     """Best wall time of each run over ``reps`` rounds, the runs interleaved within a round so
     that other load on the machine hits them alike; one untimed warm-up round first when reps > 1."""
@@ -196,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="a stored DSER model directory (default: random weights of the default shapes)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--reps", type=int, default=3, help="timed runs per measurement, best kept (warm-up first if > 1)")
-    p.add_argument("--parts", default="abcd", help="which measurements to run")
+    p.add_argument("--parts", default="abcdef", help="which measurements to run")
     p.add_argument("--als-iter", type=int, default=2)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "dser-bench-recommend"))
     p.add_argument("--driver-memory", default="6g")
@@ -258,12 +300,25 @@ def main(argv: list[str] | None = None) -> int:
     pop = recommend.popularity(interactions)
     if "d" in args.parts:
         rss.phase = "(d) set-up"
-        users_arr, hists = recommend.group_histories(recommend.events(interactions, None, 1).toPandas())
+        users_arr, hists, _ = recommend.group_histories(recommend.events(interactions, None, 1).toPandas())
         runs["d"] = ("in-process torch", lambda: in_process(trained, settings, pop, users_arr, hists, cores))
+    if "e" in args.parts or "f" in args.parts:
+        attn, attn_cfg = random_attention_model(user_ids, item_ids)
+        save_artifacts(attn, attn_cfg, work / "attention-model")
+        attn_files = model_bytes(work / "attention-model")
+        runs["e"] = ("attention via Spark", lambda: recommend.recommend_all(
+            spark, attn_files, interactions, settings).write.mode("overwrite").parquet(str(out / "e")))
+        rss.phase = "(f) set-up"
+        _, f_hists, _ = recommend.group_histories(recommend.events(interactions, None, 1).toPandas())
+        states = bare_states(attn, f_hists)
+        vectors = attn.model.item_part(torch.arange(len(item_ids)))[2]
+        item_vecs, item_bias = vectors[:, :-1].contiguous(), vectors[:, -1].contiguous()
+        runs["f"] = ("bare matmul + top-K", lambda: bare_top_k(states, item_vecs, item_bias, args.k, cores))
     times = interleaved(runs, args.reps, rss)
     rss.phase = "kernel"
     sample = spark.createDataFrame([(int(u),) for u in user_ids[:512]], "user_id int")
-    sample_users, sample_hists = recommend.group_histories(recommend.events(interactions, sample, 1).toPandas())
+    sample_users, sample_hists, _ = recommend.group_histories(
+        recommend.events(interactions, sample, 1).toPandas())
     serving = recommend.Serving(trained, settings, pop)
     kernel_gflops, mm1 = kernel_vs_matmul(serving, sample_users, sample_hists)
     mm = max(matmul_gflops(cores) for _ in range(3))
@@ -272,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = [("a", "DSER full, Spark mapInPandas -> Parquet"), ("b", "dot-product mode, Spark -> Parquet"),
             ("c", f"Spark ALS rank 64 recommendForAllUsers({args.k}) -> Parquet"),
-            ("d", f"in-process torch DSER scorer, {cores} threads")]
+            ("d", f"in-process torch DSER scorer, {cores} threads"),
+            ("e", "attention model, Spark mapInPandas -> Parquet"),
+            ("f", f"bare torch matmul + top-K over the same states and item vectors, {cores} threads")]
     print(f"\n| run | what | seconds (best of {args.reps}) | vs ALS |\n| --- | --- | ---: | ---: |")
     for key, what in rows:
         if key in times:
@@ -294,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
         return f"{times[a] / times[b]:.3f}" if a in times and b in times else "nan"
 
     print(f"RESULT dser_vs_als={ratio('a', 'c')} dot_speedup_vs_als={ratio('c', 'b')} "
-          f"kernel_efficiency={kernel_gflops / mm1:.3f} spark_overhead={ratio('a', 'd')}")
+          f"kernel_efficiency={kernel_gflops / mm1:.3f} spark_overhead={ratio('a', 'd')} "
+          f"attention_speedup_vs_als={ratio('c', 'e')} attention_vs_bare={ratio('e', 'f')}")
     spark.stop()
     return 0
 
