@@ -11,6 +11,12 @@ model, batch size, loss and optimiser over tensors prepared in memory
 beforehand (samples, negatives and contexts), so it measures pure torch work.
 Samples = positives + negatives. Last line:
 ``RESULT pipeline_vs_bare=… samples_per_s=…`` (the pipeline's samples/s).
+
+With ``--set model.encoder=attention`` (and its ``train.loss``) the pipeline is
+``sequence_model.fit`` (the dense indexes, training rows, length-bucketed
+batches, the learning-rate schedule, the chunked softmax, Adam) and the bare
+loop the same encoder, batches and loss over tensors prepared beforehand;
+samples are the trained positions (next-item targets).
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dser_spark import attention, sequence_model
 from dser_spark.config import load_config
 from dser_spark.model import DSER, Inputs, window_means
 from dser_spark.train import FitData, epoch_groups, fit, group_loss
@@ -56,6 +63,43 @@ def synthetic_sequences(users: int = 6040, items: int = 3706, per_user: int = 16
     return np.arange(1, users + 1), seqs, np.arange(1, items + 1)
 
 
+def attention_throughput(cfg, data: FitData, epochs: int) -> int:
+    """The attention model: ``sequence_model.fit`` against a bare loop over the same encoder and batches."""
+    p = sequence_model.params(cfg.model, cfg.train, cfg.seed, epochs)
+    seqs = [np.searchsorted(data.item_ids, s) + 1 for s in data.user_pos]
+    inputs, targets = attention.training_rows(seqs, p.max_len)
+    lengths = (targets != attention.PAD).sum(1)
+    order = attention.batch_order(lengths, p.batch_size, np.random.default_rng(p.seed), p.bucket)
+    batches = [(torch.from_numpy(inputs[r, -int(lengths[r].max()):]), torch.from_numpy(targets[r, -int(lengths[r].max()):]),
+                torch.from_numpy(r)) for r in order]
+    positions = int(lengths.sum())
+    print(f"attention: {len(seqs)} users, {len(data.item_ids)} items, {positions} trained positions per epoch, "
+          f"loss {p.loss}, batch {p.batch_size} users, L {p.max_len}, torch threads {torch.get_num_threads()}",
+          file=sys.stderr)
+    model = sequence_model.SequenceDSER(data.inputs, cfg.model, p, torch.full((len(seqs), 1), -1))
+    enc = model.encoder
+    opt = torch.optim.Adam(enc.parameters(), lr=p.lr, betas=(0.9, 0.98))
+    enc.train()
+    started = time.perf_counter()
+    for _ in range(epochs):
+        for seq, tgt, users in batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.bf16):
+                h = enc(seq, users).float()
+            real = tgt != attention.PAD
+            loss = attention.full_loss(enc, h[real], tgt[real]) if p.loss == "full" else \
+                attention.sampled_loss(enc, h[real], tgt[real], torch.randint(1, enc.n_items + 1, (p.negatives,)), None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    bare_rate = positions * epochs / (time.perf_counter() - started)
+    started = time.perf_counter()
+    sequence_model.fit(data, cfg.model, cfg.train, cfg.seed, label="bench", epochs=epochs)
+    pipe_rate = positions * epochs / (time.perf_counter() - started)
+    print(f"bare loop: {bare_rate:,.0f} positions/s; pipeline: {pipe_rate:,.0f} positions/s", file=sys.stderr)
+    print(f"RESULT pipeline_vs_bare={pipe_rate / bare_rate:.3f} samples_per_s={pipe_rate:.0f} encoder=attention")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["ml-1m", "synthetic"], default="ml-1m")
@@ -63,16 +107,21 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=3, help="epochs (the first epoch's negatives cannot be drawn ahead)")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides, e.g. --set model.encoder=attention --set train.loss=full_softmax")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true"])
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true",
+                                    *args.overrides])
     user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else synthetic_sequences()
     d, c = cfg.embed.vector_size, cfg.embed.content_vector_size
     g = torch.Generator().manual_seed(0)
     inputs = Inputs(torch.randn(len(user_ids), d, generator=g) * 0.1, None,
                     torch.randn(len(item_ids), d, generator=g) * 0.1, torch.randn(len(item_ids), d, generator=g) * 0.1,
                     torch.randn(len(item_ids), c, generator=g) * 0.1)
+    if cfg.model.encoder == "attention":
+        return attention_throughput(cfg, FitData(user_ids, item_ids, seqs, inputs), args.epochs)
     data = FitData(user_ids, item_ids, seqs, inputs, cfg.recent.window_sizes())
     print(f"{args.dataset}: {len(user_ids)} users, {len(item_ids)} items, {len(data.flat_items)} positives, "
           f"{cfg.train.negatives} negatives each, batch {args.batch_size}, torch threads {torch.get_num_threads()}",
