@@ -46,7 +46,7 @@ def main() -> int:
     args = ap.parse_args()
     setup_logging()
     root = args.workdir / "ml-1m"
-    cfg = load_config(ROOT / "conf" / "ml-1m.yaml", [
+    cfg = load_config(ROOT / "conf" / "ml-1m-doc2vec.yaml", [
         f"warehouse.root={root}", f"warehouse.metastore={root / 'metastore_db'}", "train.refit_all=false",
         "train.select_epochs=false", "train.patience=0", f"train.epochs={args.epochs}", "train.reuse_model=false",
         f"train.threads={args.threads}", "train.show_progress=false", "evaluate.baselines=[]", *args.extra])

@@ -103,7 +103,8 @@ def attention_throughput(cfg, data: FitData, epochs: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["ml-1m", "synthetic"], default="ml-1m")
-    ap.add_argument("--config", default=str(ROOT / "conf" / "ml-1m.yaml"))
+    ap.add_argument("--config", default=str(ROOT / "conf" / "ml-1m-doc2vec.yaml"),
+                    help="conf/ml-1m.yaml: the attention encoder")
     ap.add_argument("--epochs", type=int, default=3, help="epochs (the first epoch's negatives cannot be drawn ahead)")
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
