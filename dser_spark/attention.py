@@ -206,8 +206,9 @@ class SequenceEncoder(nn.Module):
     # ---------------------------------------------------------------- users
     def forward(self, seq: torch.Tensor, users: torch.Tensor | None = None,
                 user_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """States (B, T, d) of left-padded item rows ``seq`` (B, T <= max_len); for long_term, ``users`` (B,)
-        (rows of ``user_vectors``) or ``user_vectors`` (B, d_s) themselves, standardised as the stored ones.
+        """States (B, T, d) of left-padded item rows ``seq`` (B, T <= max_len); with long_term, the projected
+        paragraph vector of ``users`` (B,) (rows of ``user_vectors``) or of ``user_vectors`` (B, d_s), standardised
+        as the stored ones, is added (without either: the states without it).
 
         Positions are counted from the right (the last column is position
         ``max_len - 1``), so trimming leading padding changes nothing.
@@ -222,9 +223,7 @@ class SequenceEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, blocked) * valid[..., None]
         x = self.norm(x)
-        if self.user_proj is not None:
-            if users is None and user_vectors is None:
-                raise ValueError("long_term needs the users of the rows or their vectors")
+        if self.user_proj is not None and (users is not None or user_vectors is not None):
             vectors = self.user_features[users] if users is not None else user_vectors
             x = x + self.user_proj(vectors)[:, None, :]
         return x

@@ -77,9 +77,9 @@ def inferred_user_parts(model: DSER, histories: list[np.ndarray], item_counts: n
     first): an inferred paragraph vector (seeded by (seed, user)) and the recent windows."""
     context = newest_first(histories, model.context_length)
     if model.cfg.encoder == "attention" and model.encoder.user_proj is None:  # the state is the history's alone
-        return model.vector_user_parts(model.recent(context))
+        return model.new_user_parts(context, None)
     long = torch.from_numpy(infer_vectors(histories, model.item_out_vectors.numpy(), item_counts, embed.epochs,
                                           max(1, embed.negative), [[seed, int(u) % 2 ** 63] for u in user_ids]))
     if model.cfg.encoder == "attention":
-        return model.vector_user_parts(model.recent(context, long))
+        return model.new_user_parts(context, long)
     return vector_user_parts(model, long, model.recent(context))

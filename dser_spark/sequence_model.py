@@ -88,30 +88,37 @@ class SequenceDSER(nn.Module):
     def context_length(self) -> int:
         return self.encoder.params.max_len
 
-    def recent(self, context: torch.Tensor, long: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, d) states after ``context`` (B, K): dense item indexes newest first, -1 past the start.
-        ``long`` (B, d_user) are the users' paragraph vectors (used with ``long_term``)."""
+    def recent(self, context: torch.Tensor) -> torch.Tensor:
+        """(B, d) states after ``context`` (B, K): dense item indexes newest first, -1 past the start (without
+        the long-term term, which ``user_part`` / ``new_user_parts`` add)."""
         seq = context.flip(1) + 1                              # oldest first, left-padded with PAD (0)
         width = max(int((seq != attention.PAD).sum(1).max()) if len(seq) else 0, 1)
-        seq = seq[:, seq.shape[1] - width:] if seq.shape[1] >= width else seq
-        states = self.encoder(seq)[:, -1] if self.encoder.user_proj is None else \
-            self.encoder(seq, user_vectors=long / self.user_scale)[:, -1]
-        return states
+        return self.encoder(seq[:, seq.shape[1] - width:])[:, -1]
 
-    def _states(self, u: torch.Tensor) -> torch.Tensor:
-        """(B, d) the stored users' states, each computed once however often it appears in ``u``."""
-        unique, inverse = torch.unique(u, return_inverse=True)
-        return self.recent(self.last_items[unique], self.user_vectors[unique])[inverse]
+    def _long_term(self, vectors: torch.Tensor) -> torch.Tensor | float:
+        """The projected paragraph vectors (B, d_user) -> (B, d) with ``long_term``; else 0."""
+        if self.encoder.user_proj is None:
+            return 0.0
+        return self.encoder.user_proj(vectors / self.user_scale)
 
     # -- per-side parts, as DSER's (GMF and MLP parts are empty) --
     def user_part(self, u: torch.Tensor, recent: torch.Tensor | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(GMF, MLP half, linear part [h_u, 1]) of users ``u``; ``recent`` (B, d) replaces the stored state."""
-        state = self._states(u) if recent is None else recent
-        return self.vector_user_parts(state)
+        """(GMF, MLP half, linear part [h_u, 1]) of users ``u``; ``recent`` (B, d) replaces the state of their
+        stored histories (computed once per distinct user)."""
+        if recent is None:
+            unique, inverse = torch.unique(u, return_inverse=True)
+            recent = self.recent(self.last_items[unique])[inverse]
+        return self._parts(recent + self._long_term(self.user_vectors[u]))
 
-    def vector_user_parts(self, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The user parts of states ``state`` (B, d) (new users: ``coldstart``)."""
+    def new_user_parts(self, context: torch.Tensor, long: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """The user parts of users the model does not know: their state from ``context``, plus their inferred
+        paragraph vectors ``long`` (needed with ``long_term`` only)."""
+        state = self.recent(context)
+        return self._parts(state if long is None else state + self._long_term(long))
+
+    @staticmethod
+    def _parts(state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         empty = state.new_zeros((state.shape[0], 0))
         return empty, empty, torch.cat([state, state.new_ones((state.shape[0], 1))], 1)
 

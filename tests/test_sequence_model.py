@@ -8,7 +8,7 @@ import torch
 
 from dser_spark import attention, sequence_model
 from dser_spark.artifacts import Trained, load_artifacts, save_artifacts
-from dser_spark.coldstart import inferred_user_parts
+from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import load_config
 from dser_spark.model import Inputs
 from dser_spark.scoring import Kernel, top_k
@@ -97,3 +97,14 @@ def test_fits_are_deterministic_and_sasrec_has_no_doc2vec_input():
     enc = sas.encoder
     assert enc.feature_proj is None and enc.content_proj is None and enc.user_proj is None
     assert a.model.encoder.user_proj is not None and a.model.encoder.content_proj is not None
+
+
+def test_tonights_history_and_a_new_users_vectors_give_the_stored_users_parts():
+    t = trained(config())  # long_term on: the paragraph vector is part of the state
+    model, u = t.model, torch.arange(USERS)
+    dense = [np.searchsorted(t.item_ids, p) for p in fit_data().user_pos]
+    context = newest_first(dense, model.context_length)
+    stored = model.user_part(u)[2]
+    assert torch.allclose(model.user_part(u, model.recent(context))[2], stored, atol=1e-5)
+    assert torch.allclose(model.new_user_parts(context, model.user_vectors)[2], stored, atol=1e-5)
+    assert not torch.allclose(model.new_user_parts(context, None)[2], stored, atol=1e-3)
