@@ -50,6 +50,7 @@ class AttentionParams:
     item_features: bool = False  # frozen Doc2Vec item vectors, projected and added
     content: bool = False       # frozen content vectors, projected and added
     long_term: bool = False     # the user's paragraph vector, projected and added to the state
+    zero_proj: bool = True      # the projections above start at 0 (the inputs are learned residuals)
     loss: str = "full"          # "full" softmax over all items, or "sampled" over shared negatives
     negatives: int = 256
     sampling: str = "uniform"   # negatives "uniform" or by "popularity" (counts ** 0.75)
@@ -154,6 +155,10 @@ class SequenceEncoder(nn.Module):
                 raise ValueError("long_term needs user_vectors")
             self.register_buffer("user_features", _standardised(user_vectors))
             self.user_proj = nn.Linear(user_vectors.shape[1], d, bias=False)
+        if p.zero_proj:
+            for proj in (self.feature_proj, self.content_proj, self.user_proj):
+                if proj is not None:
+                    nn.init.zeros_(proj.weight)
         if p.item_init:
             self._init_items(item_vectors)
         self.reseed(p.seed)

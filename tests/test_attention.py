@@ -129,10 +129,10 @@ def test_dser_inputs_change_the_model_only_where_switched_on():
     hist, users = [np.array([2, 4, 6]), np.array([1, 3])], np.array([0, 4])
 
     def build(**switches) -> A.SequenceEncoder:
-        return A.SequenceEncoder(N_ITEMS, small(**switches), item_vec, content, user_vec).eval()
+        return A.SequenceEncoder(N_ITEMS, small(zero_proj=False, **switches), item_vec, content, user_vec).eval()
 
     base = build()
-    plain = A.SequenceEncoder(N_ITEMS, small()).eval()  # vectors given but every switch off: no effect
+    plain = A.SequenceEncoder(N_ITEMS, small(zero_proj=False)).eval()  # vectors given, switches off: no effect
     assert torch.equal(A.item_matrix(base)[0], A.item_matrix(plain)[0])
     assert torch.equal(A.final_states(base, hist, users), A.final_states(plain, hist))
     for switch, items_change, states_change in (("item_init", True, True), ("item_features", True, True),
@@ -155,3 +155,17 @@ def test_untied_output_and_item_init_at_another_size():
     assert model.out_emb is not None
     assert not torch.equal(A.item_matrix(model)[0], model.item_emb.weight[1:])
     A.fit(model, successor_sequences(40))
+
+
+def test_zero_projections_start_as_the_plain_encoder_then_learn():
+    item_vec, content, user_vec = vectors(N_ITEMS, 16, 1), vectors(N_ITEMS, 8, 2), vectors(300, 16, 3)
+    seqs, users = successor_sequences(300), np.arange(300)
+    hist = [np.array([2, 4, 6]), np.array([1, 3])]
+    plain = A.SequenceEncoder(N_ITEMS, small())
+    on = A.SequenceEncoder(N_ITEMS, small(item_features=True, content=True, long_term=True),
+                           item_vec, content, user_vec)
+    assert torch.equal(A.scores(plain, hist), A.scores(on, hist, users[:2]))
+    A.fit(plain, seqs)
+    A.fit(on, seqs, users)
+    assert on.content_proj.weight.abs().sum() > 0 and on.user_proj.weight.abs().sum() > 0
+    assert not torch.allclose(A.scores(plain, hist), A.scores(on, hist, users[:2]))
