@@ -113,7 +113,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true",
+    threads = [f"train.threads={args.threads}"] if args.threads else []  # the pipeline's fit sets its threads
+    cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true", *threads,
                                     *args.overrides])
     user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else synthetic_sequences()
     d, c = cfg.embed.vector_size, cfg.embed.content_vector_size
