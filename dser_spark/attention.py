@@ -104,13 +104,16 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(nn.Linear(dim, ffn_dim), nn.GELU(), Dropout(dropout), nn.Linear(ffn_dim, dim))
         self.attn_drop, self.drop = Dropout(dropout), Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        """``blocked`` (B, 1, T, T) is True where a query may not see a key."""
+    def forward(self, x: torch.Tensor, blocked: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        """``blocked`` (B, 1, T, T) is True where a query may not see a key. With ``last_only`` only the last
+        position is a query (every position is still a key): (B, 1, d) out, as the last of (B, T, d)."""
         b, t, d = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if last_only:
+            q, blocked, x = q[:, :, -1:], blocked[:, :, -1:], x[:, -1:]
         att = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d // self.heads))
         att = self.attn_drop(torch.softmax(att.masked_fill(blocked, float("-inf")), dim=-1))
-        x = x + self.drop(self.proj((att @ v).transpose(1, 2).reshape(b, t, d)))
+        x = x + self.drop(self.proj((att @ v).transpose(1, 2).reshape(b, q.shape[2], d)))
         return x + self.drop(self.ffn(self.norm2(x)))
 
 
@@ -210,10 +213,11 @@ class SequenceEncoder(nn.Module):
 
     # ---------------------------------------------------------------- users
     def forward(self, seq: torch.Tensor, users: torch.Tensor | None = None,
-                user_vectors: torch.Tensor | None = None) -> torch.Tensor:
+                user_vectors: torch.Tensor | None = None, last_only: bool = False) -> torch.Tensor:
         """States (B, T, d) of left-padded item rows ``seq`` (B, T <= max_len); with long_term, the projected
         paragraph vector of ``users`` (B,) (rows of ``user_vectors``) or of ``user_vectors`` (B, d_s), standardised
-        as the stored ones, is added (without either: the states without it).
+        as the stored ones, is added (without either: the states without it). ``last_only``: only the state
+        after the last column, (B, 1, d), computed without the other positions' queries in the last block.
 
         Positions are counted from the right (the last column is position
         ``max_len - 1``), so trimming leading padding changes nothing.
@@ -225,8 +229,10 @@ class SequenceEncoder(nn.Module):
         x = self.emb_drop(x) * valid[..., None]
         eye = torch.eye(t, dtype=torch.bool)
         blocked = ~(torch.ones(t, t, dtype=torch.bool).tril() & (valid[:, None, :] | eye))[:, None]  # (B,1,T,T)
-        for block in self.blocks:
-            x = block(x, blocked) * valid[..., None]
+        for n, block in enumerate(self.blocks):
+            last = last_only and n == len(self.blocks) - 1
+            x = block(x, blocked, last)
+            x = x * valid[:, -x.shape[1]:, None]
         x = self.norm(x)
         if self.user_proj is not None and (users is not None or user_vectors is not None):
             vectors = self.user_features[users] if users is not None else user_vectors
@@ -424,19 +430,34 @@ def fit(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.ndarr
 
 # ------------------------------------------------------------------ scoring
 @torch.no_grad()
-def final_states(model: SequenceEncoder, histories: Sequence[np.ndarray], users: np.ndarray | None = None,
-                 batch: int = 512) -> torch.Tensor:
-    """(B, d) state after the last item of each history (item indexes 1..n), in eval mode."""
+def last_states(model: SequenceEncoder, rows: torch.Tensor, users: torch.Tensor | None = None,
+                batch: int = 256) -> torch.Tensor:
+    """(B, d) state after the last column of left-padded rows ``rows`` (B, T), in eval mode.
+
+    Rows go through the encoder sorted by length, ``batch`` at a time, each
+    batch trimmed to its longest history and only the last position queried
+    in the last block: the same states, without the padding's work.
+    """
     was = model.training
     model.eval()
-    out = []
-    for s in range(0, len(histories), batch):
-        rows = pad_left(histories[s:s + batch], model.params.max_len)
-        t = max(int((rows != PAD).sum(1).max()), 1)
-        u = None if users is None else torch.as_tensor(np.asarray(users[s:s + batch]), dtype=torch.long)
-        out.append(model(torch.from_numpy(rows[:, -t:]), u)[:, -1])
+    lengths = (rows != PAD).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    out = rows.new_zeros((len(rows), model.params.dim), dtype=torch.float32)
+    for s in range(0, len(rows), batch):
+        pick = order[s:s + batch]
+        width = max(int(lengths[pick].max()), 1)
+        u = None if users is None else users[pick]
+        out[pick] = model(rows[pick, rows.shape[1] - width:], u, last_only=True)[:, -1].float()
     model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, model.params.dim)
+    return out
+
+
+def final_states(model: SequenceEncoder, histories: Sequence[np.ndarray], users: np.ndarray | None = None,
+                 batch: int = 256) -> torch.Tensor:
+    """(B, d) state after the last item of each history (item indexes 1..n), in eval mode."""
+    rows = torch.from_numpy(pad_left(histories, model.params.max_len))
+    u = None if users is None else torch.as_tensor(np.asarray(users), dtype=torch.long)
+    return last_states(model, rows, u, batch)
 
 
 @torch.no_grad()

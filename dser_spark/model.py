@@ -119,8 +119,9 @@ class DSER(nn.Module):
         """Items of a history, newest first, that ``recent`` reads."""
         return max(1, int(self.windows.max()))
 
-    def recent(self, context: torch.Tensor) -> torch.Tensor:
-        """(B, W, d) the recent windows of ``context`` (B, K): item indexes newest first, -1 past the start."""
+    def recent(self, context: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, W, d) the recent windows of ``context`` (B, K): item indexes newest first, -1 past the start.
+        ``users`` (the contexts' owners) is not used: window means are cheaper than a cache lookup would be."""
         return window_means(self.item_vectors, context, self.windows)
 
     # -- per-side parts (computed once per user / once per item when scoring) --

@@ -110,8 +110,8 @@ class Serving:
         recent windows) computed from tonight's positives, not the ones stored at training time."""
         model = self.trained.model
         items = [p[f] for p, f in (lookup(self.trained.item_ids, h) for h in positives)]
-        recent = model.recent(newest_first(items, model.context_length))
-        return model.user_part(torch.from_numpy(np.asarray(idx, dtype=np.int64)), recent)
+        users = torch.from_numpy(np.asarray(idx, dtype=np.int64))
+        return model.user_part(users, model.recent(newest_first(items, model.context_length), users))
 
     def _scored(self, user_ids: np.ndarray, histories: list[np.ndarray], source: str,
                 parts: Callable[[slice], tuple[torch.Tensor, ...]]) -> pd.DataFrame:

@@ -75,6 +75,7 @@ class SequenceDSER(nn.Module):
             self.register_buffer(name, getattr(inputs, name).float().contiguous())
         self.register_buffer("last_items", last_items.long().contiguous())      # (U, L) newest first, -1 pad
         self.register_buffer("user_scale", self.user_vectors.std().clamp(min=1e-8).reshape(1))
+        self.register_buffer("states", torch.zeros(0, p.dim))                   # (U, d) once cached, else empty
         self.encoder = attention.SequenceEncoder(len(self.item_vectors), p, self.item_vectors.numpy(),
                                                  self.content_vectors.numpy(), self.user_vectors.numpy())
         self.out = nn.Linear(1, 1)           # what the kernel adds to every logit: 0
@@ -88,12 +89,22 @@ class SequenceDSER(nn.Module):
     def context_length(self) -> int:
         return self.encoder.params.max_len
 
-    def recent(self, context: torch.Tensor) -> torch.Tensor:
+    def recent(self, context: torch.Tensor, users: torch.Tensor | None = None) -> torch.Tensor:
         """(B, d) states after ``context`` (B, K): dense item indexes newest first, -1 past the start (without
-        the long-term term, which ``user_part`` / ``new_user_parts`` add)."""
-        seq = context.flip(1) + 1                              # oldest first, left-padded with PAD (0)
-        width = max(int((seq != attention.PAD).sum(1).max()) if len(seq) else 0, 1)
-        return self.encoder(seq[:, seq.shape[1] - width:])[:, -1]
+        the long-term term, which ``user_part`` / ``new_user_parts`` add). Rows of the model's ``users`` whose
+        context is the stored history take the cached state (``cache_states``); only the others are encoded."""
+        if users is None or not len(self.states) or context.shape[1] != self.last_items.shape[1]:
+            return attention.last_states(self.encoder, context.flip(1) + 1)  # oldest first, left-padded with PAD
+        out = self.states[users].clone()
+        changed = torch.nonzero(~(context == self.last_items[users]).all(1)).flatten()
+        if len(changed):
+            out[changed] = attention.last_states(self.encoder, context[changed].flip(1) + 1)
+        return out
+
+    def cache_states(self) -> None:
+        """Compute and keep every user's state after their stored history: serving and evaluation then score
+        the model's users without running the encoder. Call it again after the weights change."""
+        self.states = attention.last_states(self.encoder, self.last_items.flip(1) + 1)
 
     def _long_term(self, vectors: torch.Tensor) -> torch.Tensor | float:
         """The projected paragraph vectors (B, d_user) -> (B, d) with ``long_term``; else 0."""
@@ -106,7 +117,9 @@ class SequenceDSER(nn.Module):
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(GMF, MLP half, linear part [h_u, 1]) of users ``u``; ``recent`` (B, d) replaces the state of their
         stored histories (computed once per distinct user)."""
-        if recent is None:
+        if recent is None and len(self.states):
+            recent = self.states[u]
+        elif recent is None:
             unique, inverse = torch.unique(u, return_inverse=True)
             recent = self.recent(self.last_items[unique])[inverse]
         return self._parts(recent + self._long_term(self.user_vectors[u]))
@@ -148,6 +161,11 @@ def from_state(state: dict[str, torch.Tensor], cfg: ModelConfig) -> SequenceDSER
     inputs = Inputs(*(state.get(k) for k in BUFFERS))
     p = params(cfg, TrainConfig(), 0)
     model = SequenceDSER(inputs, cfg, p, state["last_items"])
+    if "states" not in state:  # stored before states were cached
+        model.load_state_dict({**state, "states": model.states})
+        model.eval().cache_states()
+        return model
+    model.states = torch.empty_like(state["states"])  # cached (U, d), or (0, d): none
     model.load_state_dict(state)
     return model.eval()
 
@@ -201,4 +219,5 @@ def fit(data, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, label: 
         model.load_state_dict(best_state)
         for entry in history:
             entry["best"] = entry["epoch"] == best_epoch
-    return Trained(model.eval(), data.user_ids, data.item_ids, history, best_epoch)
+    model.eval().cache_states()
+    return Trained(model, data.user_ids, data.item_ids, history, best_epoch)

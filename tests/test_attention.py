@@ -66,6 +66,22 @@ def test_padding_does_not_change_states():
     assert torch.allclose(model(rows)[0, -3:], full, atol=1e-6)
 
 
+def test_last_states_are_the_last_column_of_the_full_forward():
+    """Sorting by length, trimming each batch and querying only the last position change no state."""
+    p = small(blocks=2, heads=2)
+    model = A.SequenceEncoder(N_ITEMS, p).eval()
+    rng = np.random.default_rng(1)
+    histories = [rng.integers(1, N_ITEMS + 1, size=rng.integers(1, p.max_len + 4)) for _ in range(40)]
+    rows = torch.from_numpy(A.pad_left(histories, p.max_len))
+    expected = model(rows)[:, -1]
+    for batch in (1, 7, 64):
+        assert torch.allclose(A.last_states(model, rows, batch=batch), expected, atol=1e-5)
+    assert torch.allclose(A.final_states(model, histories), expected, atol=1e-5)
+    model.train()
+    assert torch.allclose(A.last_states(model, rows), expected, atol=1e-5)  # dropout off while encoding
+    assert model.training  # and the caller's mode is restored
+
+
 def test_training_learns_the_successor_pattern_and_lowers_the_loss():
     seqs = successor_sequences(300)
     model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0))

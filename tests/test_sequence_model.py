@@ -108,3 +108,27 @@ def test_tonights_history_and_a_new_users_vectors_give_the_stored_users_parts():
     assert torch.allclose(model.user_part(u, model.recent(context))[2], stored, atol=1e-5)
     assert torch.allclose(model.new_user_parts(context, model.user_vectors)[2], stored, atol=1e-5)
     assert not torch.allclose(model.new_user_parts(context, None)[2], stored, atol=1e-3)
+
+
+def test_cached_states_serve_unchanged_histories_and_only_changed_ones_are_encoded(tmp_path):
+    cfg = config()
+    t = trained(cfg)
+    model, u = t.model, torch.arange(USERS)
+    dense = [np.searchsorted(t.item_ids, p) for p in fit_data().user_pos]
+    context = newest_first(dense, model.context_length)
+    assert model.states.shape == (USERS, 16)
+    assert torch.allclose(model.recent(context), model.states, atol=1e-5)  # the cache is the encoder's states
+    model.states += 100.0  # mark the cache: a row taken from it shows
+    dense[3] = np.r_[dense[3], 0]  # user 3 rated one more item tonight
+    tonight = model.recent(newest_first(dense, model.context_length), u)
+    unchanged = torch.arange(USERS) != 3
+    assert torch.equal(tonight[unchanged], model.states[unchanged])
+    assert tonight[3].abs().max() < 50  # encoded, not the marked cache
+    assert torch.allclose(tonight[3], model.recent(newest_first(dense[3:4], model.context_length))[0], atol=1e-5)
+    model.states -= 100.0
+    # a model stored before states were cached computes them when loaded
+    t.config = cfg
+    save_artifacts(t, cfg, tmp_path)
+    state = dict(load_artifacts(tmp_path).model.state_dict())
+    old = sequence_model.from_state({k: v for k, v in state.items() if k != "states"}, cfg.model)
+    assert torch.allclose(old.states, model.states, atol=1e-5)
