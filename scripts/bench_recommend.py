@@ -18,16 +18,19 @@ best of ``--reps`` after one warm-up:
       thread per core, histories already in memory, nothing written)
 
   (e) our recommend for all users with an attention model (``model.encoder:
-      attention``, random weights of ``model.attention``'s default shapes: the
-      user's state from their last 200 items, then state . item vector + bias),
-      Spark mapInPandas -> Parquet
+      attention``, random weights of ``model.attention``'s default shapes:
+      state . item vector + bias, the user's state after their last 200
+      items), Spark mapInPandas -> Parquet. As in the nightly, the states of
+      the histories the model was fit on were cached when it was built.
   (f) a bare in-process torch matmul + top-K over the same user states and
-      item vectors (states computed beforehand, not timed; nothing written)
+      item vectors (nothing written)
+  (g) as (e), but every user's history changed since the fit: the encoder
+      computes every state tonight (the model without its cache)
 
 and the scoring kernel's GFLOP/s (one thread, 512 users, scoring + masking +
 top-K) against a measured one-thread fp32 matmul, alternated. The last line is
 ``RESULT dser_vs_als=a/c dot_speedup_vs_als=c/b kernel_efficiency=... spark_overhead=a/d
-attention_speedup_vs_als=c/e attention_vs_bare=e/f``.
+attention_speedup_vs_als=c/e attention_vs_bare=e/f attention_encoding_speedup_vs_als=c/g``.
 """
 from __future__ import annotations
 
@@ -170,26 +173,20 @@ def random_model(user_ids: np.ndarray, item_ids: np.ndarray, seed: int = 0) -> T
 ATTENTION = ["model.encoder=attention", "train.loss=full_softmax"]
 
 
-def random_attention_model(user_ids: np.ndarray, item_ids: np.ndarray, seed: int = 0) -> tuple[Trained, Config]:
-    """An attention model with random weights of ``model.attention``'s default shapes, and its config."""
+def random_attention_model(user_ids: np.ndarray, item_ids: np.ndarray, hists: list[np.ndarray],
+                           seed: int = 0) -> tuple[Trained, Config]:
+    """An attention model with random weights of ``model.attention``'s default shapes, fit (as far as serving
+    can tell) on the histories ``hists`` of ``user_ids``: their states are cached, as a fit caches them."""
     cfg = load_config(None, ATTENTION)
     g = torch.Generator().manual_seed(seed)
     nu, ni, d = len(user_ids), len(item_ids), cfg.embed.vector_size
     inputs = Inputs(torch.randn(nu, d, generator=g), None, torch.randn(ni, d, generator=g),
                     torch.randn(ni, d, generator=g), torch.randn(ni, cfg.embed.content_vector_size, generator=g))
     p = sequence_model.params(cfg.model, cfg.train, seed)
-    model = sequence_model.SequenceDSER(inputs, cfg.model, p, torch.full((nu, 1), -1)).eval()
+    dense = [np.searchsorted(item_ids, h) for h in hists]
+    model = sequence_model.SequenceDSER(inputs, cfg.model, p, newest_first(dense, p.max_len)).eval()
+    model.cache_states()
     return Trained(model, np.sort(user_ids), np.sort(item_ids), config=cfg), cfg
-
-
-@torch.no_grad()
-def bare_states(trained: Trained, hists: list[np.ndarray]) -> torch.Tensor:
-    """(f)'s input, not timed: every user's state from their history, as serving computes it."""
-    model, out = trained.model, []
-    for s in range(0, len(hists), 2048):
-        dense = [np.searchsorted(trained.item_ids, h) for h in hists[s:s + 2048]]
-        out.append(model.recent(newest_first(dense, model.context_length)))
-    return torch.cat(out)
 
 
 @torch.no_grad()
@@ -238,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", help="a stored DSER model directory (default: random weights of the default shapes)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--reps", type=int, default=3, help="timed runs per measurement, best kept (warm-up first if > 1)")
-    p.add_argument("--parts", default="abcdef", help="which measurements to run")
+    p.add_argument("--parts", default="abcdefg", help="which measurements to run")
     p.add_argument("--als-iter", type=int, default=2)
     p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "dser-bench-recommend"))
     p.add_argument("--driver-memory", default="6g")
@@ -302,18 +299,28 @@ def main(argv: list[str] | None = None) -> int:
         rss.phase = "(d) set-up"
         users_arr, hists, _ = recommend.group_histories(recommend.events(interactions, None, 1).toPandas())
         runs["d"] = ("in-process torch", lambda: in_process(trained, settings, pop, users_arr, hists, cores))
-    if "e" in args.parts or "f" in args.parts:
-        attn, attn_cfg = random_attention_model(user_ids, item_ids)
+    if any(part in args.parts for part in "efg"):
+        rss.phase = "(e, f, g) set-up"
+        h_users, h_items, h_ratings = recommend.group_histories(
+            recommend.events(interactions, None, 1).toPandas())
+        min_rating = load_config(None, ATTENTION).implicit.min_rating
+        attn, attn_cfg = random_attention_model(h_users, item_ids, [h[r >= min_rating] for h, r in
+                                                                     zip(h_items, h_ratings)])
         save_artifacts(attn, attn_cfg, work / "attention-model")
         attn_files = model_bytes(work / "attention-model")
+        attn.model.states = attn.model.states[:0]  # the same model without its cache
+        save_artifacts(attn, attn_cfg, work / "attention-uncached")
+        uncached_files = model_bytes(work / "attention-uncached")
+        attn.model.cache_states()
         runs["e"] = ("attention via Spark", lambda: recommend.recommend_all(
             spark, attn_files, interactions, settings).write.mode("overwrite").parquet(str(out / "e")))
-        rss.phase = "(f) set-up"
-        _, f_hists, _ = recommend.group_histories(recommend.events(interactions, None, 1).toPandas())
-        states = bare_states(attn, f_hists)
         vectors = attn.model.item_part(torch.arange(len(item_ids)))[2]
         item_vecs, item_bias = vectors[:, :-1].contiguous(), vectors[:, -1].contiguous()
+        states = attn.model.states
         runs["f"] = ("bare matmul + top-K", lambda: bare_top_k(states, item_vecs, item_bias, args.k, cores))
+        runs["g"] = ("attention via Spark, every state encoded", lambda: recommend.recommend_all(
+            spark, uncached_files, interactions, settings).write.mode("overwrite").parquet(str(out / "g")))
+        runs = {key: run for key, run in runs.items() if key in args.parts}
     times = interleaved(runs, args.reps, rss)
     rss.phase = "kernel"
     sample = spark.createDataFrame([(int(u),) for u in user_ids[:512]], "user_id int")
@@ -329,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             ("c", f"Spark ALS rank 64 recommendForAllUsers({args.k}) -> Parquet"),
             ("d", f"in-process torch DSER scorer, {cores} threads"),
             ("e", "attention model, Spark mapInPandas -> Parquet"),
-            ("f", f"bare torch matmul + top-K over the same states and item vectors, {cores} threads")]
+            ("f", f"bare torch matmul + top-K over the same states and item vectors, {cores} threads"),
+            ("g", "attention model, every state encoded tonight, Spark -> Parquet")]
     print(f"\n| run | what | seconds (best of {args.reps}) | vs ALS |\n| --- | --- | ---: | ---: |")
     for key, what in rows:
         if key in times:
@@ -352,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"RESULT dser_vs_als={ratio('a', 'c')} dot_speedup_vs_als={ratio('c', 'b')} "
           f"kernel_efficiency={kernel_gflops / mm1:.3f} spark_overhead={ratio('a', 'd')} "
-          f"attention_speedup_vs_als={ratio('c', 'e')} attention_vs_bare={ratio('e', 'f')}")
+          f"attention_speedup_vs_als={ratio('c', 'e')} attention_vs_bare={ratio('e', 'f')} "
+          f"attention_encoding_speedup_vs_als={ratio('c', 'g')}")
     spark.stop()
     return 0
 
