@@ -16,6 +16,7 @@ under ``--cache`` (not in the repository).
 
   PYTHONPATH=. python scripts/exp_attention.py --epochs 10 --loss full --threads 1
   ... --seeds 42,43,44 --refit      # 3 seeds, test from the refit
+  ... --seeds 43,44 --test-only     # only the refits and their test figures (settings already chosen)
 
 The last line is ``RESULT key=value ...`` (means over seeds, and spreads).
 """
@@ -152,7 +153,10 @@ def build(data: Data, p: A.AttentionParams, scope: str, cache: Path) -> tuple[A.
     return model, [data.index(s) for s in data.scope(scope)], np.arange(len(data.user_ids))
 
 
-def run_seed(data: Data, p: A.AttentionParams, refit: bool, eval_every: int, cache: Path) -> dict[str, float]:
+def run_seed(data: Data, p: A.AttentionParams, refit: bool, eval_every: int, cache: Path,
+             test_only: bool = False) -> dict[str, float]:
+    if test_only:
+        return test_seed(data, p, cache)
     t0 = time.perf_counter()
     model, seqs, users = build(data, p, "select", cache)
     epoch_times = []
@@ -181,6 +185,19 @@ def run_seed(data: Data, p: A.AttentionParams, refit: bool, eval_every: int, cac
     return out
 
 
+def test_seed(data: Data, p: A.AttentionParams, cache: Path) -> dict[str, float]:
+    """Only the refit on train + validation and its test figures (the settings already chosen)."""
+    t0 = time.perf_counter()
+    model, seqs, users = build(data, p, "eval", cache)
+    t1 = time.perf_counter()
+    A.fit(model, seqs, users, lambda e, loss, secs: print(f"  seed={p.seed} epoch={e} loss={loss:.4f} {secs:.1f}s",
+                                                          flush=True))
+    out = {"refit_s": time.perf_counter() - t1, "doc2vec_s": t1 - t0}
+    out.update({f"test_{k}": v for k, v in evaluate(model, data, "test").items()})
+    print(f"seed={p.seed} " + fmt(out), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     for f in dataclasses.fields(A.AttentionParams):
@@ -193,6 +210,7 @@ def main(argv: list[str] | None = None) -> None:
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default)
     ap.add_argument("--seeds", default="42")
     ap.add_argument("--refit", action="store_true", help="test from a refit on train + validation")
+    ap.add_argument("--test-only", action="store_true", help="only the refit and its test figures (no select fit)")
     ap.add_argument("--eval-every", type=int, default=0, help="validation every N epochs (0: at the end)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
@@ -207,14 +225,14 @@ def main(argv: list[str] | None = None) -> None:
           f"threads={args.threads}", flush=True)
     base = {f.name: getattr(args, f.name) for f in dataclasses.fields(A.AttentionParams) if f.name != "seed"}
     print("params " + " ".join(f"{k}={v}" for k, v in base.items()), flush=True)
-    results = [run_seed(data, A.AttentionParams(**base, seed=int(s)), args.refit, args.eval_every, args.cache)
-               for s in args.seeds.split(",")]
+    results = [run_seed(data, A.AttentionParams(**base, seed=int(s)), args.refit, args.eval_every, args.cache,
+                        args.test_only) for s in args.seeds.split(",")]
     keys = results[0].keys()
     mean = {k: float(np.mean([r[k] for r in results])) for k in keys}
     spread = {f"{k}_spread": float(np.ptp([r[k] for r in results])) for k in keys if "hr" in k or "ndcg" in k}
     tag = f"tag={args.tag} " if args.tag else ""
     print(f"RESULT {tag}seeds={args.seeds} threads={args.threads} epochs={args.epochs} loss={args.loss} "
-          f"refit={int(args.refit)} " + fmt(mean) + " " + fmt(spread), flush=True)
+          f"refit={int(args.refit or args.test_only)} " + fmt(mean) + " " + fmt(spread), flush=True)
 
 
 if __name__ == "__main__":
