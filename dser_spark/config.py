@@ -254,6 +254,11 @@ class TrainConfig:
                 "with the user's final windows")
     validation_k: int = setting(10, "cut-off of the validation HR@k that early stopping and the choice of "
                                     "epochs (and of ALS settings) maximise", gt=0)
+    validation_metric: Literal["sampled", "full"] = setting(
+        "sampled", "the validation HR@k of early stopping and the choice of epochs: `sampled`: the validation "
+                   "item against its sampled negatives; `full`: against every item of the model outside the "
+                   "user's fit history (what full-ranking evaluation measures; a full scoring pass per epoch; "
+                   "driver path only)")
     patience: int = setting(2, "epochs without a validation HR@k gain before stopping (0: never stop early)",
                             ge=0)
     select_epochs: bool = setting(True, "fit on train, choose the epochs on validation, then refit on "
@@ -283,6 +288,9 @@ class TrainConfig:
     def check(self) -> None:
         if self.sparse_ids and self.weight_decay:
             raise ConfigError("train.sparse_ids: lazy Adam has no weight decay; set train.weight_decay: 0")
+        if self.validation_metric == "full" and self.distributed:
+            raise ConfigError("train.validation_metric: full with train.distributed: a training process holds "
+                              "only its shard's histories; use `sampled` or the driver path")
         if self.sparse_ids and self.distributed:
             raise ConfigError("train.sparse_ids with train.distributed: DDP's sparse all-reduce over gloo corrupted "
                               "a process's heap at 25M ratings (it works at 1M); use one or the other")

@@ -200,7 +200,7 @@ def lead_validator(cfg: Config, data: FitData, device: torch.device) -> Validato
 
         table = dataset(cfg, "eval_candidates").to_table(filter=pc.field("split") == VALIDATION)
         cands = table.to_pandas().sort_values("user_id").reset_index(drop=True)
-        check = validator((data.user_ids, data.item_ids), cands, cfg.train.validation_k)
+        check = validator(data, cands, cfg.train)
 
     def validate(model) -> float:
         value = torch.zeros(1, dtype=torch.float64, device=device)

@@ -102,6 +102,25 @@ def sampled_metrics(scorer: Scorer, candidates: pd.DataFrame, ks: list[int]) -> 
     return out
 
 
+def full_hit_ratio(trained: Trained, candidates: pd.DataFrame, history: list[np.ndarray], k: int,
+                   block: int = 1024) -> float:
+    """HR@k of each candidate user's held-out item ranked against every item of the model outside the user's
+    ``history`` (item ids, aligned with ``trained.user_ids``): full ranking on the driver (the training's
+    validation). Users the model does not know count as misses."""
+    model, n = trained.model, len(trained.item_ids)
+    kernel = Kernel(model, torch.arange(n))
+    users, known = lookup(trained.user_ids, candidates["user_id"].to_numpy(np.int64))
+    users, frame = users[known], candidates[known].assign(history=[history[u] for u in users[known]])
+    hits = 0
+    with torch.no_grad():
+        for s in range(0, len(users), block):
+            parts = kernel.users(model.user_part(torch.from_numpy(users[s:s + block])))
+            scores = kernel.logits(parts, 0, n).double().numpy()  # a copy: full_ranks overwrites it
+            ranks, _ = full_ranks(scores, trained.item_ids, frame.iloc[s:s + block], 1)
+            hits += int((ranks < k).sum())
+    return hits / max(len(candidates), 1)
+
+
 def model_scorer(trained: Trained, batch: int = 4096) -> Scorer:
     """Scores of a trained DSER model on (user, item) pairs; unknown users or items score -inf."""
 

@@ -70,13 +70,16 @@ def serving_scope(cfg: Config) -> str:
     return SERVE if cfg.train.refit_all else EVAL
 
 
-def validator(trained_ids: tuple[np.ndarray, np.ndarray], cands: pd.DataFrame, k: int):
-    """Validation HR@k of a model on the validation candidates (the early-stopping metric)."""
-    user_ids, item_ids = trained_ids
+def validator(data: FitData, cands: pd.DataFrame, train: TrainConfig):
+    """Validation HR@k of a model fit on ``data`` (the early-stopping metric, ``train.validation_metric``):
+    against the validation candidates' sampled negatives, or against every item outside the fit history."""
+    k = train.validation_k
 
     def validate(model: DSER) -> float:
-        scorer = evaluate.model_scorer(Trained(model, user_ids, item_ids))
-        return evaluate.sampled_metrics(scorer, cands, [k])[("HR", k)]
+        trained = Trained(model, data.user_ids, data.item_ids)
+        if train.validation_metric == "full":
+            return evaluate.full_hit_ratio(trained, cands, data.user_pos, k)
+        return evaluate.sampled_metrics(evaluate.model_scorer(trained), cands, [k])[("HR", k)]
 
     return validate
 
@@ -89,8 +92,7 @@ def fit_scope(cfg: Config, source: FitSource, model_cfg: ModelConfig, scope: str
     if cfg.train.distributed:
         return distributed.fit(cfg, model_cfg, scope, label, validated, epochs)
     data = source.fit_data(scope)
-    validate = (validator((data.user_ids, data.item_ids), source.candidates(VALIDATION), cfg.train.validation_k)
-                if validated else None)
+    validate = validator(data, source.candidates(VALIDATION), cfg.train) if validated else None
     if model_cfg.encoder == "attention":
         return sequence_model.fit(data, model_cfg, cfg.train, cfg.seed, label=label, validate=validate,
                                   epochs=epochs)
@@ -111,8 +113,8 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
         selected = fit_scope(cfg, source, model_cfg, SELECT, f"{name}[select]", True, None,
                              str(Path(checkpoints) / f"{name}-select"))
         chosen = selected.best_epoch or 0
-        log.info("%s: %d epochs chosen on validation (HR@%d %.4f)", name, chosen, cfg.train.validation_k,
-                 max((h.get("val_hr", 0.0) for h in selected.history), default=0.0))
+        log.info("%s: %d epochs chosen on validation (%s HR@%d %.4f)", name, chosen, cfg.train.validation_metric,
+                 cfg.train.validation_k, max((h.get("val_hr", 0.0) for h in selected.history), default=0.0))
     out = {}
     for scope in refit_scopes:
         out[scope] = fit_scope(cfg, source, model_cfg, scope, f"{name}[{scope}]", False, chosen,
@@ -166,14 +168,14 @@ def baseline_model(cfg: Config, source: FitSource, name: str, checkpoints: str
     if name == "ALS":
         f = tune_als(cfg, source)
         return f, None, ", ".join(f"{k} {v}" for k, v in f.params.items())
+    bcfg = dataclasses.replace(cfg, train=baseline_training(cfg, name))  # stored with the model: it must load
     if name == "Recency":
         data = source.fit_data(EVAL)
         model = DSER(data.inputs, baseline_config(cfg.model, "Recency")).eval()
-        return (evaluate.KernelModel(evaluate.model_files(Trained(model, data.user_ids, data.item_ids), cfg)),
+        return (evaluate.KernelModel(evaluate.model_files(Trained(model, data.user_ids, data.item_ids), bcfg)),
                 None, f"untrained, last {cfg.recent.k} items")
     model_cfg = sequence_model.baseline(cfg.model) if name == sequence_model.SASREC else \
         baseline_config(cfg.model, name)
-    bcfg = dataclasses.replace(cfg, train=baseline_training(cfg, name))
     fitted, _ = select_and_refit(bcfg, source, model_cfg, name, [EVAL], checkpoints)
     return (evaluate.KernelModel(evaluate.model_files(fitted[EVAL], bcfg)), fitted[EVAL].history,
             f"epochs {fitted[EVAL].best_epoch}")

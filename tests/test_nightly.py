@@ -125,13 +125,14 @@ def test_nightly_with_the_attention_encoder_and_sasrec(spark, small_movielens, t
     overrides = [f"data.path={small_movielens}", "data.format=ml-latest", f"warehouse.root={tmp_path / 'wh'}",
                  "model.encoder=attention", "model.attention.dim=16", "model.attention.max_len=20",
                  "train.loss=full_softmax", "train.batch_size=8", "train.lr=0.01", "train.epochs=10", "train.patience=0",
+                 "train.validation_metric=full",  # the epochs chosen on full-ranking validation HR@10
                  "embed.epochs=5", "embed.content_epochs=5", "recommend.k=5", "train.show_progress=false",
-                 "evaluate.baselines=[ItemPop, SASRec, GMF]", "evaluate.baseline_epochs=1"]
+                 "evaluate.baselines=[ItemPop, Recency, SASRec, GMF]", "evaluate.baseline_epochs=1"]
     assert _run(*overrides) == 0
     cfg = load_config("conf/default.yaml", overrides)
     first = _check_published(spark, cfg, 60, 5)
     metrics = spark.read.parquet(tables.table_uri(cfg, "metrics")).toPandas()
-    assert set(metrics.model) == {"DSER", "ItemPop", "SASRec", "GMF"}
+    assert set(metrics.model) == {"DSER", "ItemPop", "Recency", "SASRec", "GMF"}  # Doc2Vec-family ones load too
     hr = metrics.query("protocol == 'sampled' and metric == 'HR' and k == 10").set_index("model")["value"]
     print(hr.to_dict())
     assert hr["DSER"] > 0.3  # two taste groups of 40 items: chance is ~0.17, a model that learned them ~0.4

@@ -3,10 +3,11 @@ the encoder itself (no Spark)."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from dser_spark import attention, sequence_model
+from dser_spark import attention, evaluate, sequence_model
 from dser_spark.artifacts import Trained, load_artifacts, save_artifacts
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import load_config
@@ -132,3 +133,22 @@ def test_cached_states_serve_unchanged_histories_and_only_changed_ones_are_encod
     state = dict(load_artifacts(tmp_path).model.state_dict())
     old = sequence_model.from_state({k: v for k, v in state.items() if k != "states"}, cfg.model)
     assert torch.allclose(old.states, model.states, atol=1e-5)
+
+
+def test_full_validation_hit_ratio_ranks_every_item_outside_the_fit_history():
+    """``train.validation_metric: full``: the held-out item against every item the user has not had."""
+    t = trained(config())
+    data, k = fit_data(), 5
+    held = t.item_ids[np.random.default_rng(5).integers(ITEMS, size=USERS)]
+    cands = pd.DataFrame({"user_id": np.r_[data.user_ids, 999], "item_id": np.r_[held, held[0]]})  # 999: unknown
+    u = torch.arange(USERS)
+    scores = t.model(u.repeat_interleave(ITEMS), torch.arange(ITEMS).repeat(USERS)).view(USERS, ITEMS)
+    hits = 0
+    for user in range(USERS):
+        seen = np.isin(t.item_ids, data.user_pos[user])
+        target = int(np.searchsorted(t.item_ids, held[user]))
+        others = scores[user][torch.from_numpy(~seen & (np.arange(ITEMS) != target))]
+        hits += bool(not seen[target] and (others >= scores[user, target]).sum() < k)
+    expected = hits / (USERS + 1)  # the unknown user is a miss
+    assert 0 < expected < 1
+    assert evaluate.full_hit_ratio(t, cands, data.user_pos, k, block=7) == pytest.approx(expected)
