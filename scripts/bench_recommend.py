@@ -308,10 +308,11 @@ def main(argv: list[str] | None = None) -> int:
                                                                      zip(h_items, h_ratings)])
         save_artifacts(attn, attn_cfg, work / "attention-model")
         attn_files = model_bytes(work / "attention-model")
-        attn.model.states = attn.model.states[:0]  # the same model without its cache
+        cached = attn.model.states
+        attn.model.states = cached[:0]  # the same model without its cache
         save_artifacts(attn, attn_cfg, work / "attention-uncached")
         uncached_files = model_bytes(work / "attention-uncached")
-        attn.model.cache_states()
+        attn.model.states = cached
         runs["e"] = ("attention via Spark", lambda: recommend.recommend_all(
             spark, attn_files, interactions, settings).write.mode("overwrite").parquet(str(out / "e")))
         vectors = attn.model.item_part(torch.arange(len(item_ids)))[2]

@@ -153,10 +153,24 @@ def build(data: Data, p: A.AttentionParams, scope: str, cache: Path) -> tuple[A.
     return model, [data.index(s) for s in data.scope(scope)], np.arange(len(data.user_ids))
 
 
+def refit_and_test(data: Data, p: A.AttentionParams, cache: Path, on_epoch=None) -> dict[str, float]:
+    """The refit on ``eval`` (train + validation; Doc2Vec refit on that scope too) and its test figures."""
+    started = time.perf_counter()
+    model, seqs, users = build(data, p, "eval", cache)
+    A.fit(model, seqs, users, on_epoch)
+    return {"refit_s": time.perf_counter() - started,
+            **{f"test_{k}": v for k, v in evaluate(model, data, "test").items()}}
+
+
 def run_seed(data: Data, p: A.AttentionParams, refit: bool, eval_every: int, cache: Path,
              test_only: bool = False) -> dict[str, float]:
-    if test_only:
-        return test_seed(data, p, cache)
+    def progress(epoch: int, loss: float, secs: float) -> None:
+        print(f"  seed={p.seed} epoch={epoch} loss={loss:.4f} {secs:.1f}s", flush=True)
+
+    if test_only:  # the settings already chosen: only the refit and its test figures
+        out = refit_and_test(data, p, cache, progress)
+        print(f"seed={p.seed} " + fmt(out), flush=True)
+        return out
     t0 = time.perf_counter()
     model, seqs, users = build(data, p, "select", cache)
     epoch_times = []
@@ -172,28 +186,12 @@ def run_seed(data: Data, p: A.AttentionParams, refit: bool, eval_every: int, cac
     A.fit(model, seqs, users, on_epoch)
     fit_secs = time.perf_counter() - t0
     out = {f"val_{k}": v for k, v in evaluate(model, data, "validation").items()}
-    test_model = model
     if refit:
-        t1 = time.perf_counter()
-        test_model, seqs, users = build(data, p, "eval", cache)
-        A.fit(test_model, seqs, users)
-        out["refit_s"] = time.perf_counter() - t1
-    out.update({f"test_{k}": v for k, v in evaluate(test_model, data, "test").items()})
+        out.update(refit_and_test(data, p, cache))
+    else:
+        out.update({f"test_{k}": v for k, v in evaluate(model, data, "test").items()})
     out["epoch_s"] = float(np.mean(epoch_times)) if epoch_times else 0.0
     out["fit_s"] = fit_secs
-    print(f"seed={p.seed} " + fmt(out), flush=True)
-    return out
-
-
-def test_seed(data: Data, p: A.AttentionParams, cache: Path) -> dict[str, float]:
-    """Only the refit on train + validation and its test figures (the settings already chosen)."""
-    t0 = time.perf_counter()
-    model, seqs, users = build(data, p, "eval", cache)
-    t1 = time.perf_counter()
-    A.fit(model, seqs, users, lambda e, loss, secs: print(f"  seed={p.seed} epoch={e} loss={loss:.4f} {secs:.1f}s",
-                                                          flush=True))
-    out = {"refit_s": time.perf_counter() - t1, "doc2vec_s": t1 - t0}
-    out.update({f"test_{k}": v for k, v in evaluate(model, data, "test").items()})
     print(f"seed={p.seed} " + fmt(out), flush=True)
     return out
 
