@@ -94,10 +94,22 @@ def run_stage_command(cfg: Config, args: argparse.Namespace) -> int:
     """
     loading = threading.Thread(target=importlib.import_module, args=("dser_spark.pipeline",), daemon=True)
     loading.start()
+    from pyspark.sql import SparkSession
+
     from dser_spark.session import build_session
 
+    ours = SparkSession.getActiveSession() is None  # in tests, the session's own is reused and left running
     spark = build_session(cfg)
-    loading.join()
+    try:
+        loading.join()
+        return _run_stage(spark, cfg, args)
+    finally:  # unregister from the master before the JVM exits: on local-cluster, an application still
+        if ours:  # registered at shutdown sets the workers relaunching executors, and the exit can hang
+            spark.stop()
+
+
+def _run_stage(spark, cfg: Config, args: argparse.Namespace) -> int:
+    """The stage (or nightly) named by ``args`` on ``spark``, its outcome as an exit code."""
     from dser_spark import pipeline
     from dser_spark.prepare import DataError
     from dser_spark.publish import BackfillRefused

@@ -62,6 +62,11 @@ def run(spark, base: Path) -> Nightlies:
     for key in ("PYSPARK_PYTHON", "PYSPARK_DRIVER_PYTHON"):  # as on a cluster: nothing but the submit line
         env.pop(key, None)
     with open(base / "stdout.log", "w") as out, open(base / "stderr.log", "w") as err:
-        done = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True, timeout=1500)
+        try:  # ~4 min on a quiet machine
+            done = subprocess.run(command, cwd=REPO, env=env, stdout=out, stderr=err, text=True, timeout=900)
+        except subprocess.TimeoutExpired:
+            raise RuntimeError("spark-submit on local-cluster did not end in 900 s; the ends of its logs:\n"
+                               f"{(base / 'stdout.log').read_text()[-3000:]}\n"
+                               f"{(base / 'stderr.log').read_text()[-3000:]}") from None
     return Nightlies(local, load_config(CONFIG, sets), sets, done.returncode,
                      (base / "stdout.log").read_text(), (base / "stderr.log").read_text())

@@ -32,6 +32,7 @@ def test_spark_submit_on_local_cluster_with_the_packed_env_equals_local(ml100k_n
     records = [json.loads(p.read_text()) for p in (root / "runs").glob("*/*.json")]
     assert len(records) == 6 and {r["spark_master"] for r in records} == {CLUSTER}  # spark-submit's master won
     assert "InjectedFailure" in run.stderr and "DSER_INJECT_FAILURE=recommend" in run.stderr  # a task failed ...
+    assert "Failed to launch executor" not in run.stderr  # the application stopped before the cluster did
     ours, theirs = _published(run.cluster), _published(run.local)  # ... was retried, and nothing changed
     key = ["user_id", "rank", "item_id", "source", "model_run_id"]
     pd.testing.assert_frame_equal(ours[key], theirs[key])
