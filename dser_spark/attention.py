@@ -365,7 +365,6 @@ def epochs(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.nd
     ``users`` (U,) are the rows of ``user_vectors`` (needed with ``long_term``).
     """
     p = model.params
-    torch.manual_seed(p.seed)
     model.reseed(p.seed + 1)
     rng = np.random.default_rng(p.seed)
     gen = torch.Generator().manual_seed(p.seed)

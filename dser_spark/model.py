@@ -20,13 +20,27 @@ user half and an item half, and the taste terms are one dot product, which
 from __future__ import annotations
 
 import dataclasses
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dser_spark.config import ModelConfig
+
+_SEEDING = threading.RLock()
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """torch's global generator, seeded with ``seed`` and held for the block: a model built inside draws the
+    same initial weights even while a fit in another thread (side-by-side refits) builds its own."""
+    with _SEEDING:
+        torch.manual_seed(seed)
+        yield
 
 
 @dataclass

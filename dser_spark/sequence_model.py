@@ -32,7 +32,7 @@ from torch import nn
 from dser_spark import attention
 from dser_spark.artifacts import Trained
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import BUFFERS, Inputs
+from dser_spark.model import BUFFERS, Inputs, seeded
 
 log = logging.getLogger("dser_spark")
 
@@ -187,7 +187,8 @@ def fit(data, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, label: 
         torch.set_num_threads(train_cfg.threads)
     p = params(model_cfg, train_cfg, seed, epochs)
     sequences = _sequences(data.user_pos, data.item_ids)
-    model = SequenceDSER(data.inputs, model_cfg, p, newest_first(sequences, p.max_len))
+    with seeded(p.seed):  # the encoder seeds torch with p.seed itself; the lock keeps other threads out
+        model = SequenceDSER(data.inputs, model_cfg, p, newest_first(sequences, p.max_len))
     history: list[dict] = []
     best_metric, best_epoch, best_state, bad = float("-inf"), 0, None, 0
     if validate is not None:

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import DSER, Inputs, baseline_config, window_means
+from dser_spark.model import DSER, Inputs, baseline_config, seeded, window_means
 from dser_spark.artifacts import Trained
 from dser_spark.negatives import negative_weights, samples_for_users
 
@@ -332,8 +332,8 @@ def pretrained_state(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConf
         sub = Path(checkpoint_dir) / f"pretrain-{name}" if checkpoint_dir else None
         parts[name] = fit(data, baseline_config(model_cfg, name), plain, seed, f"{label} pretrain {name}",
                           validate, epochs, sub, replica).model.state_dict()
-    torch.manual_seed(seed)
-    state = DSER(data.inputs, model_cfg).state_dict()
+    with seeded(seed):
+        state = DSER(data.inputs, model_cfg).state_dict()
     for key in state:
         if key.startswith(("user_emb.", "item_emb.")):
             state[key] = parts["GMF"][key].clone()
@@ -360,8 +360,8 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     if train_cfg.threads:
         torch.set_num_threads(train_cfg.threads)
     device = replica.device if replica is not None else torch.device("cpu")
-    torch.manual_seed(seed)
-    model = DSER(data.inputs, model_cfg).to(device)
+    with seeded(seed):
+        model = DSER(data.inputs, model_cfg).to(device)
     for emb in (model.user_emb, model.item_emb):  # before DDP wraps the model: its buckets know them sparse
         emb.sparse = train_cfg.sparse_ids
     step = BatchScorer(model) if replica is None else replica.wrap(BatchScorer(model))
