@@ -2,35 +2,24 @@
 ``fit_data``)."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
+import walks
 from dser_spark import selection
 from dser_spark.config import load_config
-from dser_spark.model import Inputs
 from dser_spark.sequences import EVAL, SERVE
 from dser_spark.train import FitData
 
 USERS, ITEMS = 40, 30
 
 
-def fit_data(seed: int) -> FitData:
-    """Users walking the items in order from a random start, with Doc2Vec-like inputs."""
-    rng = np.random.default_rng(seed)
-    item_ids = np.arange(11, 11 + ITEMS)
-    pos = [item_ids[(rng.integers(ITEMS) + np.arange(rng.integers(4, 14))) % ITEMS] for _ in range(USERS)]
-    g = torch.Generator().manual_seed(seed)
-    inputs = Inputs(torch.randn(USERS, 8, generator=g), None, torch.randn(ITEMS, 8, generator=g),
-                    torch.randn(ITEMS, 8, generator=g), torch.randn(ITEMS, 4, generator=g))
-    return FitData(np.arange(101, 101 + USERS), item_ids, pos, inputs, [1, 3])
-
-
 class Scopes:
     """The part of ``selection.FitSource`` a refit reads: each scope its own data."""
 
     def __init__(self):
-        self.data = {EVAL: fit_data(0), SERVE: fit_data(1)}
+        self.data = {scope: walks.fit_data(seed, USERS, ITEMS, longest=14, windows=(1, 3))
+                     for seed, scope in enumerate([EVAL, SERVE])}
         self.reads: list[str] = []
 
     def fit_data(self, scope: str) -> FitData:
@@ -78,8 +67,26 @@ def test_refits_side_by_side_equal_the_same_fits_one_after_another(encoder, tmp_
     assert not all(torch.equal(first[k], together[SERVE].model.state_dict()[k]) for k in first)  # two fits
 
 
-def test_one_core_or_one_scope_fits_in_this_thread(tmp_path):
-    cfg = config("doc2vec", 2)
+@pytest.mark.parametrize("threads, cores, scopes", [(2, 2, [EVAL]), (2, 1, [EVAL, SERVE]), (1, 2, [EVAL, SERVE])])
+def test_one_scope_one_core_or_one_thread_fits_one_after_another(threads, cores, scopes, tmp_path):
+    cfg = config("doc2vec", threads)
     source = Scopes()
-    fits, _ = selection.select_and_refit(cfg, source, cfg.model, "DSER", [EVAL], str(tmp_path), cores=2)
-    assert list(fits) == [EVAL] and source.reads == [EVAL]
+    fits, _ = selection.select_and_refit(cfg, source, cfg.model, "DSER", scopes, str(tmp_path), cores=cores)
+    assert list(fits) == scopes and source.reads == scopes  # each read by its fit, none ahead
+
+
+@pytest.mark.parametrize("sets, scopes, cores, expected", [
+    ([], 2, 2, 2), ([], 3, 2, 2), ([], 3, 8, 3), ([], 2, 1, 1), ([], 1, 2, 1),
+    (["train.threads=1"], 2, 2, 1), (["train.threads=4"], 2, 8, 2), (["train.distributed=true"], 2, 2, 1),
+])
+def test_refits_at_once_follow_the_cores_and_train_threads(sets, scopes, cores, expected):
+    assert selection.refits_at_once(load_config(None, sets), scopes, cores) == expected
+
+
+def test_refits_run_side_by_side_only_where_the_memory_holds_them():
+    one_fit = selection.FIT_BYTES_PER_POSITIVE * 1_000_000
+    assert selection.fits_in_memory(1_000_000, 2 * one_fit) == 2
+    assert selection.fits_in_memory(1_000_000, 2 * one_fit - 1) == 1
+    assert selection.fits_in_memory(1_000_000, None) == 0  # unknown: one after another
+    free = selection.free_memory()
+    assert free is None or 0 < free < 2**50

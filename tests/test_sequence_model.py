@@ -7,11 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
+import walks
 from dser_spark import attention, evaluate, sequence_model
 from dser_spark.artifacts import Trained, load_artifacts, save_artifacts
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import load_config
-from dser_spark.model import Inputs
 from dser_spark.scoring import Kernel, top_k
 from dser_spark.train import FitData
 
@@ -27,14 +27,7 @@ def one_thread():
 
 
 def fit_data(seed: int = 0) -> FitData:
-    """Users walking the items in order from a random start (ids 101.., items 11..), Doc2Vec-like inputs."""
-    rng = np.random.default_rng(seed)
-    item_ids = np.arange(11, 11 + ITEMS)
-    pos = [item_ids[(rng.integers(ITEMS) + np.arange(rng.integers(3, 12))) % ITEMS] for _ in range(USERS)]
-    g = torch.Generator().manual_seed(seed)
-    inputs = Inputs(torch.randn(USERS, 8, generator=g), None, torch.randn(ITEMS, 8, generator=g),
-                    torch.randn(ITEMS, 8, generator=g), torch.randn(ITEMS, 4, generator=g))
-    return FitData(np.arange(101, 101 + USERS), item_ids, pos, inputs)
+    return walks.fit_data(seed, USERS, ITEMS)
 
 
 def config(*sets: str):
