@@ -274,7 +274,8 @@ class TrainConfig:
                                       "system temp directory)")
     threads: int = setting(0, "torch intra-op threads (0: torch's default; 1 is robust on a busy machine); the "
                               "evaluation and serving refits run side by side on the driver, splitting these "
-                              "(0: the driver's cores) between them, when the free memory holds both", ge=0)
+                              "(0: torch's default, the machine's cores) between them, when the free memory holds "
+                              "both", ge=0)
     distributed: bool = setting(False, "train with pyspark's TorchDistributor (DDP, `train.processes` processes, "
                                        "each reading its shard of users from the warehouse) instead of on the "
                                        "driver; on the driver's machine under a `local` / `local[n]` master, as "

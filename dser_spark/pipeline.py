@@ -237,7 +237,7 @@ def run_train(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
     refits = [sc for sc in selection.scopes(cfg) if sc != SELECT]
     with runs.step(spark, f"fits: select, {', '.join(refits)}"):
         fits, _ = selection.select_and_refit(cfg, WarehouseData(spark, cfg), cfg.model, "DSER", refits,
-                                             checkpoints(cfg, mid), _driver_cores(spark))
+                                             checkpoints(cfg, mid))
     with runs.step(spark, "store the model"):
         models.store(spark, cfg, mid, fits, fingerprint, dt)
     log.info("train: stored model %s (%s), now models/_latest", mid, ", ".join(fits))

@@ -103,13 +103,13 @@ def fit_scope(cfg: Config, source: FitSource, model_cfg: ModelConfig, scope: str
 
 
 def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, name: str, refit_scopes: list[str],
-                     checkpoints: str, cores: int = 1) -> tuple[dict[str, Trained], Trained | None]:
+                     checkpoints: str) -> tuple[dict[str, Trained], Trained | None]:
     """Choose the epochs of ``model_cfg`` on validation, then refit it on each of ``refit_scopes``.
 
     Returns the refits by scope and the selection fit (None without a
     validation split). ``checkpoints`` is the directory of this run's
-    resumable checkpoints. With ``cores`` > 1 the refits (independent once the
-    epochs are chosen) run side by side on the driver (``side_by_side``).
+    resumable checkpoints. The refits, independent once the epochs are
+    chosen, may run side by side (``side_by_side``).
     """
     chosen, selected = cfg.train.epochs, None
     if selecting(cfg):
@@ -122,7 +122,7 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
         return fit_scope(run_cfg, source, model_cfg, scope, f"{name}[{scope}]", False, chosen,
                          str(Path(checkpoints) / f"{name}-{scope}"))
 
-    out = side_by_side(cfg, source, refit_scopes, refit, cores)
+    out = side_by_side(cfg, source, refit_scopes, refit)
     for scope in refit_scopes:
         out[scope].best_epoch = chosen
         if selected is not None:  # keep the selection curve with the refit's own losses
@@ -153,10 +153,16 @@ def free_memory() -> int | None:
     return free
 
 
-def refits_at_once(cfg: Config, scopes: int, cores: int) -> int:
-    """How many of ``scopes`` refits the driver's ``cores`` and ``train.threads`` (when set) allow at once (1:
-    one after another; always 1 for ``train.distributed``, whose fits are processes of their own)."""
-    return 1 if cfg.train.distributed else max(1, min(scopes, cores, cfg.train.threads or cores))
+def fit_threads(cfg: Config) -> int:
+    """The torch threads one fit on the driver uses: ``train.threads``, else torch's default (the machine's
+    cores, whatever the Spark master: the same on a local and a cluster driver)."""
+    return cfg.train.threads or torch.get_num_threads()
+
+
+def refits_at_once(cfg: Config, scopes: int, threads: int) -> int:
+    """How many of ``scopes`` refits share ``threads`` (``fit_threads``) at once, at least one thread each
+    (1: one after another; always 1 for ``train.distributed``, whose fits are processes of their own)."""
+    return 1 if cfg.train.distributed else max(1, min(scopes, threads))
 
 
 def fits_in_memory(positives: int, free: int | None) -> int:
@@ -164,20 +170,21 @@ def fits_in_memory(positives: int, free: int | None) -> int:
     return 0 if free is None else free // max(FIT_BYTES_PER_POSITIVE * positives, 1)
 
 
-def side_by_side(cfg: Config, source: FitSource, scopes: list[str], refit: Callable[[str, Config], Trained],
-                 cores: int) -> dict[str, Trained]:
+def side_by_side(cfg: Config, source: FitSource, scopes: list[str], refit: Callable[[str, Config], Trained]
+                 ) -> dict[str, Trained]:
     """``refit(scope, cfg)`` of every scope: one after another, or as many at a time, in threads, as
     ``refits_at_once`` allows and the free memory holds (``fits_in_memory``).
 
-    Side by side, each fit gets ``train.threads`` (else ``cores``) divided
-    among the fits as its torch threads: a small model's step uses two
-    threads poorly, so two one-thread fits on two cores finish sooner than the
-    same fits one after the other on two threads. Each fit is as reproducible
+    Side by side, the threads one fit would use (``fit_threads``) are divided
+    among the fits: a small model's step uses two threads poorly, so two
+    one-thread fits on two cores finish sooner than the same fits one after
+    the other on two threads. Each fit is as reproducible
     as alone (its weights are built under ``model.seeded``, its data drawn from
     its own seeded generators); its numbers are those of a fit with that many
     threads. The scopes' data are read from the warehouse first, in this thread.
     """
-    fits = refits_at_once(cfg, len(scopes), cores)
+    threads = fit_threads(cfg)
+    fits = refits_at_once(cfg, len(scopes), threads)
     if fits > 1:
         positives = max(len(source.fit_data(scope).flat_items) for scope in scopes)
         free = free_memory()
@@ -188,7 +195,7 @@ def side_by_side(cfg: Config, source: FitSource, scopes: list[str], refit: Calla
         fits = min(fits, held)
     if fits < 2:
         return {scope: refit(scope, cfg) for scope in scopes}
-    threads = (cfg.train.threads or cores) // fits
+    threads //= fits
     run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, threads=threads))
     before = torch.get_num_threads()
     log.info("refits %s side by side, %d at a time, %d torch thread(s) each", ", ".join(scopes), fits, threads)

@@ -49,11 +49,11 @@ def config(encoder: str, threads: int):
 @pytest.mark.parametrize("encoder", sorted(ENCODERS))
 def test_refits_side_by_side_equal_the_same_fits_one_after_another(encoder, tmp_path):
     alone, _ = selection.select_and_refit(config(encoder, 1), Scopes(), config(encoder, 1).model, "DSER",
-                                          [EVAL, SERVE], str(tmp_path / "alone"), cores=1)
+                                          [EVAL, SERVE], str(tmp_path / "alone"))
     source = Scopes()
     torch.set_num_threads(2)
     together, selected = selection.select_and_refit(config(encoder, 2), source, config(encoder, 2).model, "DSER",
-                                                    [EVAL, SERVE], str(tmp_path / "together"), cores=2)
+                                                    [EVAL, SERVE], str(tmp_path / "together"))
     assert selected is None and set(together) == {EVAL, SERVE}
     assert source.reads[:2] == [EVAL, SERVE]  # read here first, not by the threads
     assert torch.get_num_threads() == 2  # the caller's again
@@ -67,20 +67,26 @@ def test_refits_side_by_side_equal_the_same_fits_one_after_another(encoder, tmp_
     assert not all(torch.equal(first[k], together[SERVE].model.state_dict()[k]) for k in first)  # two fits
 
 
-@pytest.mark.parametrize("threads, cores, scopes", [(2, 2, [EVAL]), (2, 1, [EVAL, SERVE]), (1, 2, [EVAL, SERVE])])
-def test_one_scope_one_core_or_one_thread_fits_one_after_another(threads, cores, scopes, tmp_path):
+@pytest.mark.parametrize("threads, default, scopes", [(2, 2, [EVAL]), (0, 1, [EVAL, SERVE]), (1, 2, [EVAL, SERVE])])
+def test_one_scope_or_one_thread_fits_one_after_another(threads, default, scopes, tmp_path):
     cfg = config("doc2vec", threads)
+    torch.set_num_threads(default)  # torch's default threads, what train.threads 0 uses
     source = Scopes()
-    fits, _ = selection.select_and_refit(cfg, source, cfg.model, "DSER", scopes, str(tmp_path), cores=cores)
+    fits, _ = selection.select_and_refit(cfg, source, cfg.model, "DSER", scopes, str(tmp_path))
     assert list(fits) == scopes and source.reads == scopes  # each read by its fit, none ahead
 
 
-@pytest.mark.parametrize("sets, scopes, cores, expected", [
-    ([], 2, 2, 2), ([], 3, 2, 2), ([], 3, 8, 3), ([], 2, 1, 1), ([], 1, 2, 1),
-    (["train.threads=1"], 2, 2, 1), (["train.threads=4"], 2, 8, 2), (["train.distributed=true"], 2, 2, 1),
+@pytest.mark.parametrize("sets, scopes, threads, expected", [
+    ([], 2, 2, 2), ([], 3, 2, 2), ([], 3, 8, 3), ([], 2, 1, 1), ([], 1, 2, 1), (["train.distributed=true"], 2, 2, 1),
 ])
-def test_refits_at_once_follow_the_cores_and_train_threads(sets, scopes, cores, expected):
-    assert selection.refits_at_once(load_config(None, sets), scopes, cores) == expected
+def test_refits_at_once_share_the_threads_of_one_fit(sets, scopes, threads, expected):
+    assert selection.refits_at_once(load_config(None, sets), scopes, threads) == expected
+
+
+def test_a_fit_uses_train_threads_else_torchs_default():
+    torch.set_num_threads(3)
+    assert selection.fit_threads(load_config(None, [])) == 3
+    assert selection.fit_threads(load_config(None, ["train.threads=1"])) == 1
 
 
 def test_refits_run_side_by_side_only_where_the_memory_holds_them():
