@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from dser_spark.model import seeded
+
 PAD = 0
 
 
@@ -130,40 +132,40 @@ class SequenceEncoder(nn.Module):
         super().__init__()
         p, d = params, params.dim
         self.params, self.n_items = p, n_items
-        torch.manual_seed(p.seed)
-        self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD)
-        self.out_emb = None if p.tied else nn.Embedding(n_items + 1, d, padding_idx=PAD)
-        self.pos_emb = nn.Embedding(p.max_len, d)
-        self.emb_drop = Dropout(p.dropout)
-        self.blocks = nn.ModuleList(Block(d, p.heads, p.ffn_dim or d, p.dropout) for _ in range(p.blocks))
-        self.norm = nn.LayerNorm(d)
-        self.bias = nn.Parameter(torch.zeros(n_items + 1)) if p.item_bias else None
-        for name, weight in self.named_parameters():  # SASRec: Xavier-normal for every matrix
-            if weight.dim() > 1:
-                nn.init.xavier_normal_(weight)
-        self.feature_proj = self.content_proj = self.user_proj = None
-        if p.item_features or p.item_init:
-            if item_vectors is None:
-                raise ValueError("item_features / item_init need item_vectors")
-        if p.item_features:
-            self.register_buffer("item_features", self._rows(item_vectors))
-            self.feature_proj = nn.Linear(item_vectors.shape[1], d, bias=False)
-        if p.content:
-            if content_vectors is None:
-                raise ValueError("content needs content_vectors")
-            self.register_buffer("content_features", self._rows(content_vectors))
-            self.content_proj = nn.Linear(content_vectors.shape[1], d, bias=False)
-        if p.long_term:
-            if user_vectors is None:
-                raise ValueError("long_term needs user_vectors")
-            self.register_buffer("user_features", _standardised(user_vectors))
-            self.user_proj = nn.Linear(user_vectors.shape[1], d, bias=False)
-        if p.zero_proj:
-            for proj in (self.feature_proj, self.content_proj, self.user_proj):
-                if proj is not None:
-                    nn.init.zeros_(proj.weight)
-        if p.item_init:
-            self._init_items(item_vectors)
+        with seeded(p.seed):  # held: a fit in another thread may be building its model
+            self.item_emb = nn.Embedding(n_items + 1, d, padding_idx=PAD)
+            self.out_emb = None if p.tied else nn.Embedding(n_items + 1, d, padding_idx=PAD)
+            self.pos_emb = nn.Embedding(p.max_len, d)
+            self.emb_drop = Dropout(p.dropout)
+            self.blocks = nn.ModuleList(Block(d, p.heads, p.ffn_dim or d, p.dropout) for _ in range(p.blocks))
+            self.norm = nn.LayerNorm(d)
+            self.bias = nn.Parameter(torch.zeros(n_items + 1)) if p.item_bias else None
+            for name, weight in self.named_parameters():  # SASRec: Xavier-normal for every matrix
+                if weight.dim() > 1:
+                    nn.init.xavier_normal_(weight)
+            self.feature_proj = self.content_proj = self.user_proj = None
+            if p.item_features or p.item_init:
+                if item_vectors is None:
+                    raise ValueError("item_features / item_init need item_vectors")
+            if p.item_features:
+                self.register_buffer("item_features", self._rows(item_vectors))
+                self.feature_proj = nn.Linear(item_vectors.shape[1], d, bias=False)
+            if p.content:
+                if content_vectors is None:
+                    raise ValueError("content needs content_vectors")
+                self.register_buffer("content_features", self._rows(content_vectors))
+                self.content_proj = nn.Linear(content_vectors.shape[1], d, bias=False)
+            if p.long_term:
+                if user_vectors is None:
+                    raise ValueError("long_term needs user_vectors")
+                self.register_buffer("user_features", _standardised(user_vectors))
+                self.user_proj = nn.Linear(user_vectors.shape[1], d, bias=False)
+            if p.zero_proj:
+                for proj in (self.feature_proj, self.content_proj, self.user_proj):
+                    if proj is not None:
+                        nn.init.zeros_(proj.weight)
+            if p.item_init:
+                self._init_items(item_vectors)
         self.reseed(p.seed)
         with torch.no_grad():
             self.item_emb.weight[PAD].zero_()

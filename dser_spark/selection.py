@@ -178,10 +178,10 @@ def side_by_side(cfg: Config, source: FitSource, scopes: list[str], refit: Calla
     Side by side, the threads one fit would use (``fit_threads``) are divided
     among the fits: a small model's step uses two threads poorly, so two
     one-thread fits on two cores finish sooner than the same fits one after
-    the other on two threads. Each fit is as reproducible
-    as alone (its weights are built under ``model.seeded``, its data drawn from
-    its own seeded generators); its numbers are those of a fit with that many
-    threads. The scopes' data are read from the warehouse first, in this thread.
+    the other on two threads. Each fit is as reproducible as alone (its
+    weights are built under ``model.seeded``, its data drawn from its own
+    seeded generators); its numbers are those of a fit with that many threads.
+    The scopes' data are read from the warehouse first, in this thread.
     """
     threads = fit_threads(cfg)
     fits = refits_at_once(cfg, len(scopes), threads)

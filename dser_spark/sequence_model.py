@@ -32,7 +32,7 @@ from torch import nn
 from dser_spark import attention
 from dser_spark.artifacts import Trained
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import BUFFERS, Inputs, seeded
+from dser_spark.model import BUFFERS, Inputs
 
 log = logging.getLogger("dser_spark")
 
@@ -78,7 +78,9 @@ class SequenceDSER(nn.Module):
         self.register_buffer("states", torch.zeros(0, p.dim))                   # (U, d) once cached, else empty
         self.encoder = attention.SequenceEncoder(len(self.item_vectors), p, self.item_vectors.numpy(),
                                                  self.content_vectors.numpy(), self.user_vectors.numpy())
-        self.out = nn.Linear(1, 1)           # what the kernel adds to every logit: 0
+        # what the kernel adds to every logit: 0 (built without drawing from torch's generator: only the
+        # encoder draws, under model.seeded)
+        self.out = nn.utils.skip_init(nn.Linear, 1, 1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
         self.out.requires_grad_(False)
@@ -187,8 +189,7 @@ def fit(data, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int, label: 
         torch.set_num_threads(train_cfg.threads)
     p = params(model_cfg, train_cfg, seed, epochs)
     sequences = _sequences(data.user_pos, data.item_ids)
-    with seeded(p.seed):  # the encoder seeds torch with p.seed itself; the lock keeps other threads out
-        model = SequenceDSER(data.inputs, model_cfg, p, newest_first(sequences, p.max_len))
+    model = SequenceDSER(data.inputs, model_cfg, p, newest_first(sequences, p.max_len))
     history: list[dict] = []
     best_metric, best_epoch, best_state, bad = float("-inf"), 0, None, 0
     if validate is not None:
