@@ -80,6 +80,17 @@ def negative_weights(train: TrainConfig, item_counts: Callable[[], np.ndarray]) 
     return popularity_weights(item_counts(), train.popularity_power)
 
 
+def user_negatives(user_id: int, positives: np.ndarray, universe: np.ndarray, negatives: int, seed: int,
+                   epoch: int, cdf: np.ndarray | None = None) -> np.ndarray:
+    """One user's ``negatives`` draws per positive for ``epoch`` (fewer, with a warning, when too few items
+    are eligible); ``cdf``: cumulative sampling weights over ``universe`` (None: uniform)."""
+    pos = np.asarray(positives, dtype=np.int64)
+    neg = draw_negatives(user_rng(seed, epoch, user_id), universe, pos, len(pos) * negatives, cdf=cdf)
+    if len(neg) < len(pos) * negatives:
+        log.warning("user %s: only %d eligible negatives", user_id, len(neg))
+    return neg
+
+
 def samples_for_users(batch: pd.DataFrame, universe: np.ndarray, negatives: int, seed: int,
                       epoch: int, weights: np.ndarray | None = None) -> pd.DataFrame:
     """Positives (label 1) plus drawn negatives (label 0) for a block of users.
@@ -91,10 +102,7 @@ def samples_for_users(batch: pd.DataFrame, universe: np.ndarray, negatives: int,
     cdf = None if weights is None else np.cumsum(weights)
     for row in batch.itertuples(index=False):
         pos = np.asarray(row.pos_items, dtype=np.int64)
-        neg = draw_negatives(user_rng(seed, epoch, row.user_id), universe, pos,
-                             len(pos) * negatives, cdf=cdf)
-        if len(neg) < len(pos) * negatives:
-            log.warning("user %s: only %d eligible negatives", row.user_id, len(neg))
+        neg = user_negatives(row.user_id, pos, universe, negatives, seed, epoch, cdf)
         users.append(np.full(len(pos) + len(neg), row.user_id, dtype=np.int32))
         items.append(np.concatenate([pos, neg]).astype(np.int32))
         labels.append(np.concatenate([np.ones(len(pos), np.float32), np.zeros(len(neg), np.float32)]))

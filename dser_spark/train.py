@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 from safetensors.torch import load_file, save_file
@@ -41,7 +40,7 @@ from tqdm import tqdm
 from dser_spark.config import ModelConfig, TrainConfig
 from dser_spark.model import DSER, Inputs, baseline_config, seeded, window_means
 from dser_spark.artifacts import Trained
-from dser_spark.negatives import negative_weights, samples_for_users
+from dser_spark.negatives import negative_weights, user_negatives
 
 log = logging.getLogger("dser_spark")
 
@@ -99,44 +98,28 @@ class FitData:
                            torch.full_like(back, -1))
 
 
-def epoch_samples(data: FitData, negatives: int, seed: int, epoch: int,
-                  weights: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
-    """(user_idx, item_idx, label) for one epoch: positives + fresh negatives (drawn by ``weights``).
-
-    Users without positives (in a distributed fit: the other processes' users) draw nothing.
-    """
-    has = data.lengths > 0
-    batch = pd.DataFrame({"user_id": data.user_ids[has], "pos_items": [p for p, h in zip(data.user_pos, has) if h]})
-    df = samples_for_users(batch, data.item_ids, negatives, seed, epoch, weights)
-    u = np.searchsorted(data.user_ids, df["user_id"].to_numpy())
-    i = np.searchsorted(data.item_ids, df["item_id"].to_numpy())
-    return u, i, df["label"].to_numpy(np.float32)
-
-
 def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: np.ndarray | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(user_idx (N,), flat position (N,), items (N, 1 + negatives)) for one epoch.
+    """(user_idx (N,), flat position (N,), items (N, 1 + negatives), int32) for one epoch.
 
-    Row n is the n-th positive (column 0) with its own fresh negatives (the
-    same draws as ``epoch_samples``); -1 fills rows of users with too few
-    eligible negatives.
+    Row n is the n-th positive (column 0) with its own fresh negatives, drawn by ``weights``: each user's
+    draws are those of ``negatives.samples_for_users`` (the ``train_samples`` table) for the same epoch,
+    written straight into the user's rows, in order; -1 fills the rows of users with too few eligible
+    negatives. Users without positives (in a distributed fit: the other processes' users) draw nothing.
+    Only this array is allocated per positive (4 bytes a column): an epoch's negatives are drawn while
+    the previous epoch trains.
     """
-    u, i, y = epoch_samples(data, negatives, seed, epoch, weights)
     n_pos = len(data.flat_items)
-    items = np.full((n_pos, 1 + negatives), -1, dtype=np.int64)
-    # samples_for_users emits, user by user, the positives (in order) then their negatives
-    lengths = data.lengths
-    is_pos = y == 1
-    items[:, 0] = i[is_pos]
-    neg_user = u[~is_pos]
-    if negatives > 0 and len(neg_user):
-        neg_counts = np.bincount(neg_user, minlength=len(lengths))
-        neg_start = np.concatenate([[0], np.cumsum(neg_counts)[:-1]])
-        m = np.arange(len(neg_user)) - neg_start[neg_user]  # index among the user's negatives
-        j, slot = m // negatives, m % negatives               # the positive it pairs with, its column
-        items[data.starts[neg_user] + j, 1 + slot] = i[~is_pos]
-    users = data.flat_user
-    return users, torch.arange(n_pos), torch.from_numpy(items)
+    items = np.full((n_pos, 1 + negatives), -1, dtype=np.int32)
+    items[:, 0] = data.flat_items.numpy()
+    cdf = None if weights is None else np.cumsum(weights)
+    for user in np.flatnonzero(data.lengths) if negatives > 0 else []:
+        start, count = int(data.starts[user]), int(data.lengths[user])
+        drawn = user_negatives(data.user_ids[user], data.user_pos[user], data.item_ids, negatives, seed, epoch, cdf)
+        block = np.full(count * negatives, -1, dtype=np.int32)
+        block[:len(drawn)] = np.searchsorted(data.item_ids, drawn)
+        items[start:start + count, 1:] = block.reshape(count, negatives)
+    return data.flat_user, torch.arange(n_pos), torch.from_numpy(items)
 
 
 def prefetched_groups(data: FitData, negatives: int, seed: int, epochs: range, weights: np.ndarray | None
@@ -306,7 +289,7 @@ def train_epoch(step: nn.Module, opt: Optimizer, data: FitData,
     for k in bar:
         start, stop = edges[k], edges[k + 1]
         idx = order[start:stop]
-        u, cand = users[idx].to(device), items[idx].to(device)
+        u, cand = users[idx].to(device), items[idx].to(device, torch.long)
         context = data.context(positions[idx]).to(device) if next_item else None
         loss = group_loss(step(u, cand, context), (cand >= 0).float(), loss_kind)
         opt.zero_grad()

@@ -9,8 +9,11 @@ grouping into (positive, its negatives), next-item contexts, shuffling,
 batching, BCE and Adam, plus the progress bar. The bare loop runs the same
 model, batch size, loss and optimiser over tensors prepared in memory
 beforehand (samples, negatives and contexts), so it measures pure torch work.
-Samples = positives + negatives. Last line:
-``RESULT pipeline_vs_bare=… samples_per_s=…`` (the pipeline's samples/s).
+Samples = positives + negatives. It also measures the memory of drawing one
+epoch's negatives (``train.epoch_groups``: the peak of numpy buffers, seen by
+tracemalloc, per positive); a fit holds one epoch's groups while drawing the
+next. Last line: ``RESULT pipeline_vs_bare=… samples_per_s=… sample_bytes_per_positive=…``
+(the pipeline's samples/s).
 
 With ``--set model.encoder=attention`` (and its ``train.loss``) the pipeline is
 ``sequence_model.fit`` (the dense indexes, training rows, length-bucketed
@@ -24,6 +27,7 @@ import argparse
 import importlib.util
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +104,17 @@ def attention_throughput(cfg, data: FitData, epochs: int) -> int:
     return 0
 
 
+def sample_bytes_per_positive(data: FitData, negatives: int, seed: int) -> float:
+    """Peak bytes (numpy buffers, traced) of drawing one epoch's groups, per positive, less what is held before."""
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    groups = epoch_groups(data, negatives, seed, 1)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    del groups
+    return (peak - before) / max(len(data.flat_items), 1)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["ml-1m", "synthetic"], default="ml-1m")
@@ -132,8 +147,12 @@ def main() -> int:
     DSER(data.inputs, cfg.model)  # warm-up: import-time and allocator costs are paid by neither side
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
 
+    sample_bytes = sample_bytes_per_positive(data, cfg.train.negatives, cfg.seed)
+    print(f"one epoch's groups: peak {sample_bytes:.0f} bytes per positive while drawn", file=sys.stderr)
+
     # bare loop: everything prepared in memory first (not timed)
     users, positions, items = epoch_groups(data, cfg.train.negatives, cfg.seed, 0)
+    items = items.long()
     ctx = data.context(positions)
     n_samples = int(items.ge(0).sum())
     model = DSER(data.inputs, cfg.model)
@@ -160,7 +179,8 @@ def main() -> int:
     pipe_rate = pipe_samples / pipe_s
     print(f"bare loop: {n_samples * args.epochs} samples in {bare_s:.1f}s = {bare_rate:,.0f} samples/s", file=sys.stderr)
     print(f"pipeline:  {pipe_samples} samples in {pipe_s:.1f}s = {pipe_rate:,.0f} samples/s", file=sys.stderr)
-    print(f"RESULT pipeline_vs_bare={pipe_rate / bare_rate:.3f} samples_per_s={pipe_rate:.0f}")
+    print(f"RESULT pipeline_vs_bare={pipe_rate / bare_rate:.3f} samples_per_s={pipe_rate:.0f} "
+          f"sample_bytes_per_positive={sample_bytes:.0f}")
     return 0
 
 

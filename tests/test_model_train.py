@@ -11,8 +11,7 @@ from dser_spark.model import DSER, Inputs, baseline_config, window_means
 from dser_spark.artifacts import load_artifacts, load_from_bytes, model_bytes, save_artifacts
 from dser_spark.negatives import negative_weights
 from dser_spark.scoring import Kernel
-from dser_spark.train import (FitData, Optimizer, epoch_groups, epoch_samples, fit, group_loss,
-                              pretrained_state)
+from dser_spark.train import FitData, Optimizer, epoch_groups, fit, group_loss, pretrained_state
 from dser_spark import sequences
 
 
@@ -63,16 +62,34 @@ def _fit_data():
     return FitData(user_ids, item_ids, pos, _inputs(30, 40))
 
 
-def test_epoch_samples_match_the_spark_train_samples_table(spark):
-    data = _fit_data()
-    u, i, y = epoch_samples(data, 4, seed=3, epoch=1)
-    rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
-    fit_pos = spark.createDataFrame(rows, "user_id int, item_id int")
-    table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epochs=[1]).toPandas()
-    mine = pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
+def _samples(data: FitData, negatives: int, seed: int, epoch: int, weights=None) -> pd.DataFrame:
+    """One epoch's ``epoch_groups`` as (user_id, item_id, label) rows: the layout of ``train_samples``."""
+    users, _, items = epoch_groups(data, negatives, seed, epoch, weights)
+    neg = items[:, 1:].reshape(-1)
+    kept = neg >= 0
+    u = torch.cat([users, users.repeat_interleave(negatives)[kept]]).numpy()
+    i = torch.cat([items[:, 0], neg[kept]]).numpy()
+    y = np.concatenate([np.ones(len(users), np.float32), np.zeros(int(kept.sum()), np.float32)])
+    return pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
+
+
+def _same_rows(mine: pd.DataFrame, table: pd.DataFrame) -> bool:
     key = ["user_id", "item_id", "label"]
-    assert mine.sort_values(key).reset_index(drop=True).equals(
+    return mine.sort_values(key).reset_index(drop=True).equals(
         table[key].astype(mine.dtypes.to_dict()).sort_values(key).reset_index(drop=True))
+
+
+def _positives_frame(spark, data: FitData):
+    rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
+    return spark.createDataFrame(rows, "user_id int, item_id int")
+
+
+def test_epoch_groups_draw_the_spark_train_samples_table(spark):
+    data = _fit_data()
+    table = sequences.train_samples(spark, _positives_frame(spark, data), data.item_ids, 4, seed=3,
+                                    epochs=[1]).toPandas()
+    assert len(table) == 5 * len(data.flat_items)
+    assert _same_rows(_samples(data, 4, seed=3, epoch=1), table)
 
 
 def test_popularity_negatives_follow_item_counts_and_match_the_spark_table(spark):
@@ -82,24 +99,38 @@ def test_popularity_negatives_follow_item_counts_and_match_the_spark_table(spark
     weights = negative_weights(cfg, lambda: counts)
     assert np.allclose(weights, (counts + 1) / (counts + 1).sum())
     assert negative_weights(TrainConfig(), lambda: 1 / 0) is None  # uniform: no counts needed
-    rows = [(int(uid), int(it)) for uid, items in zip(data.user_ids, data.user_pos) for it in items]
-    fit_pos = spark.createDataFrame(rows, "user_id int, item_id int")
+    fit_pos = _positives_frame(spark, data)
     assert np.array_equal(sequences.item_counts(fit_pos, data.item_ids), counts)  # the Spark side's counts
-    u, i, y = epoch_samples(data, 4, seed=3, epoch=1, weights=weights)
     table = sequences.train_samples(spark, fit_pos, data.item_ids, 4, seed=3, epochs=[1], weights=weights).toPandas()
-    mine = pd.DataFrame({"user_id": data.user_ids[u], "item_id": data.item_ids[i], "label": y})
-    key = ["user_id", "item_id", "label"]
-    assert mine.sort_values(key).reset_index(drop=True).equals(
-        table[key].astype(mine.dtypes.to_dict()).sort_values(key).reset_index(drop=True))
+    assert _same_rows(_samples(data, 4, seed=3, epoch=1, weights=weights), table)
     # skewed: with one item 50x as likely as the rest, it dominates the negatives of users who never saw it
     skew = np.ones(len(data.item_ids))
     skew[0] = 50.0
     skew /= skew.sum()
-    u_pop, i_pop, y_pop = epoch_samples(data, 4, seed=3, epoch=1, weights=skew)
-    _, i_uni, y_uni = epoch_samples(data, 4, seed=3, epoch=1)
-    assert np.mean(i_pop[y_pop == 0] == 0) > 5 * np.mean(i_uni[y_uni == 0] == 0)
-    for user, item in zip(u_pop[y_pop == 0], i_pop[y_pop == 0]):  # never an item the user touched
-        assert data.item_ids[item] not in data.user_pos[user]
+    pop, uniform = _samples(data, 4, seed=3, epoch=1, weights=skew), _samples(data, 4, seed=3, epoch=1)
+    first = data.item_ids[0]
+    assert np.mean(pop.loc[pop["label"] == 0, "item_id"] == first) > \
+        5 * np.mean(uniform.loc[uniform["label"] == 0, "item_id"] == first)
+    for user, item in pop.loc[pop["label"] == 0, ["user_id", "item_id"]].itertuples(index=False):
+        assert item not in data.user_pos[int(np.searchsorted(data.user_ids, user))]  # never a touched item
+
+
+def test_epoch_groups_pad_a_user_without_eligible_negatives(spark, caplog):
+    """A user who touched every item has nothing to draw: their rows keep the positive and -1 (masked out
+    of the loss), with a warning; the other user's rows are whole; the Spark table has the same draws."""
+    item_ids = np.arange(100, 105)
+    user_pos = [np.array([100, 101, 102, 103, 104]), np.array([103])]
+    data = FitData(np.array([1, 2]), item_ids, user_pos, _inputs(2, 5))
+    users, positions, items = epoch_groups(data, 4, seed=5, epoch=0)
+    assert items.dtype == torch.int32 and torch.equal(positions, torch.arange(6))
+    assert users.tolist() == [0, 0, 0, 0, 0, 1]
+    assert items[:, 0].tolist() == [0, 1, 2, 3, 4, 3]
+    assert (items[:5, 1:] == -1).all()
+    assert set(items[5, 1:].tolist()) <= {0, 1, 2, 4}
+    assert "user 1: only 0 eligible negatives" in caplog.text
+    table = sequences.train_samples(spark, _positives_frame(spark, data), item_ids, 4, seed=5, epochs=[0]).toPandas()
+    assert len(table) == 6 + 4
+    assert _same_rows(_samples(data, 4, seed=5, epoch=0), table)
 
 
 def test_training_learns_the_taste_groups_and_is_deterministic():
@@ -255,18 +286,19 @@ def _fit_data_windows():
 
 def test_epoch_groups_pair_each_positive_with_its_own_fresh_negatives():
     data = _fit_data_windows()
-    u, i, y = epoch_samples(data, 4, seed=2, epoch=3)
     users, positions, items = epoch_groups(data, 4, seed=2, epoch=3)
-    assert items.shape == (int((y == 1).sum()), 5)
-    assert torch.equal(items[:, 0], data.flat_items)
+    assert items.shape == (len(data.flat_items), 5)
+    assert torch.equal(items[:, 0].long(), data.flat_items)
     assert torch.equal(users, data.flat_user)
+    assert torch.equal(positions, torch.arange(len(data.flat_items)))
+    assert (items[:, 1:] >= 0).all()
     pos_sets = [set(np.searchsorted(data.item_ids, p)) for p in data.user_pos]
     for row in range(len(items)):
         assert not (set(items[row, 1:].tolist()) & pos_sets[int(users[row])])
-    drawn = sorted(zip(u[y == 0].tolist(), i[y == 0].tolist()))
-    assert sorted(zip(users.repeat_interleave(4).tolist(), items[:, 1:].reshape(-1).tolist())) == drawn
     _, _, other = epoch_groups(data, 4, seed=2, epoch=4)
     assert not torch.equal(other[:, 1:], items[:, 1:])  # fresh negatives every epoch
+    _, _, again = epoch_groups(data, 4, seed=2, epoch=3)
+    assert torch.equal(again, items)  # seeded by (seed, epoch)
 
 
 def test_losses_by_hand():
