@@ -131,9 +131,11 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
     return out, selected
 
 
-# Driver memory a driver-path fit adds per positive of its scope, measured: at 25M ratings the train stage
-# peaked at 14.3 GiB against 5.0 GiB before it, for ~24.9 M positives (README: the whole nightly at scale).
-FIT_BYTES_PER_POSITIVE = 400
+# Driver memory a driver-path fit adds per positive of its scope, measured at 5M ratings since each epoch's
+# negatives are drawn straight into int32 (README: the whole nightly at scale): the train stage peaked at
+# 2.62 GiB against 1.31 GiB in embed, for ~4.95 M positives a scope. Two refits ran side by side there, so
+# counting the whole rise against one fit errs towards fewer fits at once.
+FIT_BYTES_PER_POSITIVE = 290
 
 
 def free_memory() -> int | None:
