@@ -67,7 +67,9 @@ def scope_sequences(sequences: pd.DataFrame, scope: str) -> tuple[np.ndarray, li
     """(sorted user ids, each user's items in time order) of one scope, from collected ``sequences``.
 
     The held-out items are the latest: a scope drops the last one (test) or two
-    (validation, test) items of each user's sequence.
+    (validation, test) items of each user's sequence. Each user's items are a
+    view of the collected array (its integer type kept): the scopes of a run
+    share one copy of the positives.
     """
     rows = sequences.sort_values("user_id")
     held = np.zeros(len(rows), dtype=np.int64)
@@ -75,9 +77,15 @@ def scope_sequences(sequences: pd.DataFrame, scope: str) -> tuple[np.ndarray, li
         held += rows["has_test"].to_numpy(bool)
     if scope == SELECT:
         held += rows["has_validation"].to_numpy(bool)
-    seqs = [np.asarray(s, dtype=np.int64)[:len(s) - h] for s, h in zip(rows["item_ids"], held)]
+    seqs = [_integers(s)[:len(s) - h] for s, h in zip(rows["item_ids"], held)]
     keep = np.array([len(s) > 0 for s in seqs], dtype=bool)
     return rows["user_id"].to_numpy(np.int64)[keep], [s for s, k in zip(seqs, keep) if k]
+
+
+def _integers(items) -> np.ndarray:
+    """``items`` as an integer array: itself if it already is one (no copy), else int64."""
+    arr = np.asarray(items)
+    return arr if arr.dtype.kind in "iu" else arr.astype(np.int64)
 
 
 def split_latest(pos: DataFrame, validation: bool, min_interactions: int) -> DataFrame:

@@ -68,8 +68,10 @@ class FitData:
         self.lengths = np.array([len(p) for p in self.user_pos], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)[:-1]]).astype(np.int64)
         flat = np.concatenate(self.user_pos) if len(self.user_pos) else np.empty(0, np.int64)
-        self.flat_items = torch.from_numpy(np.searchsorted(self.item_ids, flat).astype(np.int64))
-        self.flat_user = torch.from_numpy(np.repeat(np.arange(len(self.user_pos)), self.lengths))
+        # int32 (4 bytes a positive each): the fit's largest arrays after an epoch's draws
+        self.flat_items = torch.from_numpy(np.searchsorted(self.item_ids, flat).astype(np.int32))
+        del flat
+        self.flat_user = torch.from_numpy(np.repeat(np.arange(len(self.user_pos), dtype=np.int32), self.lengths))
         if self.windows:
             self.inputs = dataclasses.replace(
                 self.inputs, windows=torch.tensor(self.windows, dtype=torch.long),
@@ -99,10 +101,10 @@ class FitData:
 
 
 def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: np.ndarray | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(user_idx (N,), flat position (N,), items (N, 1 + negatives), int32) for one epoch.
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(user_idx (N,), items (N, 1 + negatives)), both int32, for one epoch.
 
-    Row n is the n-th positive (column 0) with its own fresh negatives, drawn by ``weights``: each user's
+    Row n is the n-th positive (flat position n, column 0) with its own fresh negatives, drawn by ``weights``: each user's
     draws are those of ``negatives.samples_for_users`` (the ``train_samples`` table) for the same epoch,
     written straight into the user's rows, in order; -1 fills the rows of users with too few eligible
     negatives. Users without positives (in a distributed fit: the other processes' users) draw nothing.
@@ -119,11 +121,11 @@ def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: 
         block = np.full(count * negatives, -1, dtype=np.int32)
         block[:len(drawn)] = np.searchsorted(data.item_ids, drawn)
         items[start:start + count, 1:] = block.reshape(count, negatives)
-    return data.flat_user, torch.arange(n_pos), torch.from_numpy(items)
+    return data.flat_user, torch.from_numpy(items)
 
 
 def prefetched_groups(data: FitData, negatives: int, seed: int, epochs: range, weights: np.ndarray | None
-                      ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+                      ) -> Iterator[tuple[int, tuple[torch.Tensor, torch.Tensor]]]:
     """(epoch, ``epoch_groups``) for each of ``epochs``; the next epoch's negatives are drawn in a
     background thread while the caller trains on the current one (same draws: seeded per epoch)."""
     with ThreadPoolExecutor(1, thread_name_prefix="negatives") as pool:
@@ -279,18 +281,18 @@ def _summed(values: np.ndarray, replica: Replica | None) -> np.ndarray:
 
 
 def train_epoch(step: nn.Module, opt: Optimizer, data: FitData,
-                groups: tuple[torch.Tensor, torch.Tensor, torch.Tensor], order: torch.Tensor,
+                groups: tuple[torch.Tensor, torch.Tensor], order: torch.Tensor,
                 edges: Sequence[int], loss_kind: str, next_item: bool, device: torch.device,
                 bar: tqdm) -> float:
     """One pass over an epoch's ``groups`` (``epoch_groups``) in the batches ``order[edges[k]:edges[k + 1]]``;
     returns the sum over batches of loss x batch size. ``bar`` iterates over the batch numbers."""
-    users, positions, items = groups
+    users, items = groups
     total = 0.0
     for k in bar:
         start, stop = edges[k], edges[k + 1]
-        idx = order[start:stop]
-        u, cand = users[idx].to(device), items[idx].to(device, torch.long)
-        context = data.context(positions[idx]).to(device) if next_item else None
+        idx = order[start:stop]  # flat positions
+        u, cand = users[idx].to(device, torch.long), items[idx].to(device, torch.long)
+        context = data.context(idx).to(device) if next_item else None
         loss = group_loss(step(u, cand, context), (cand >= 0).float(), loss_kind)
         opt.zero_grad()
         loss.backward()
@@ -378,7 +380,7 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     epochs_to_run = range(first, 0 if stopped else n_epochs)
     for epoch, groups in prefetched_groups(data, train_cfg.negatives, seed, epochs_to_run, weights):
         started = time.time()
-        users, _, items = groups
+        users, items = groups
         order = torch.randperm(len(users), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
         edges = batch_edges(len(users), n_total, train_cfg.batch_size)
         step.train()

@@ -235,6 +235,8 @@ def run_nightly(cmd: list[str], log_path: Path, cwd: Path) -> tuple[int, float, 
     sampler.start()
     try:
         follow(proc, log_path, began)
+    except KeyboardInterrupt:  # Ctrl-C: stop the nightly, still report the stages it finished
+        print("interrupted: stopping the nightly", flush=True)
     finally:
         if proc.poll() is None:  # interrupted: do not leave the nightly running
             proc.terminate()

@@ -151,9 +151,9 @@ def main() -> int:
     print(f"one epoch's groups: peak {sample_bytes:.0f} bytes per positive while drawn", file=sys.stderr)
 
     # bare loop: everything prepared in memory first (not timed)
-    users, positions, items = epoch_groups(data, cfg.train.negatives, cfg.seed, 0)
-    items = items.long()
-    ctx = data.context(positions)
+    users, items = epoch_groups(data, cfg.train.negatives, cfg.seed, 0)
+    users, items = users.long(), items.long()
+    ctx = data.context(torch.arange(len(items)))
     n_samples = int(items.ge(0).sum())
     model = DSER(data.inputs, cfg.model)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)

@@ -32,8 +32,8 @@ def _fit_data(user_pos: list[np.ndarray], user_ids: np.ndarray, item_ids: np.nda
 
 def _rows(data: FitData, epoch: int) -> list[tuple]:
     """(user id, the item before, positive, negatives...) of every group of one epoch, sorted."""
-    users, positions, items = epoch_groups(data, 3, seed=7, epoch=epoch)
-    before = data.context(positions)[:, 0]
+    users, items = epoch_groups(data, 3, seed=7, epoch=epoch)
+    before = data.context(torch.arange(len(items)))[:, 0]  # row n is flat position n
     ids = lambda idx: tuple(int(data.item_ids[i]) if i >= 0 else -1 for i in idx)  # noqa: E731
     return sorted((int(data.user_ids[u]), *ids([b]), *ids(row)) for u, b, row in
                   zip(users.tolist(), before.tolist(), items.tolist()))

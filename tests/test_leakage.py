@@ -78,7 +78,7 @@ def test_held_out_items_never_reach_a_fit(spark, warehouse, scope):
     # negatives exclude only the fit positives: a user's own held-out item is drawn as a negative
     drawn = {u: set() for u in range(len(data.user_ids))}
     for epoch in range(5):
-        users, _, items = epoch_groups(data, cfg.train.negatives, cfg.seed, epoch)
+        users, items = epoch_groups(data, cfg.train.negatives, cfg.seed, epoch)
         for u, row in zip(users.tolist(), items[:, 1:].tolist()):
             drawn[u].update(row)
     own = [int(np.searchsorted(data.item_ids, _held(scope)[0][int(uid)])) in drawn[r]

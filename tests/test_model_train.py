@@ -64,7 +64,7 @@ def _fit_data():
 
 def _samples(data: FitData, negatives: int, seed: int, epoch: int, weights=None) -> pd.DataFrame:
     """One epoch's ``epoch_groups`` as (user_id, item_id, label) rows: the layout of ``train_samples``."""
-    users, _, items = epoch_groups(data, negatives, seed, epoch, weights)
+    users, items = epoch_groups(data, negatives, seed, epoch, weights)
     neg = items[:, 1:].reshape(-1)
     kept = neg >= 0
     u = torch.cat([users, users.repeat_interleave(negatives)[kept]]).numpy()
@@ -121,8 +121,8 @@ def test_epoch_groups_pad_a_user_without_eligible_negatives(spark, caplog):
     item_ids = np.arange(100, 105)
     user_pos = [np.array([100, 101, 102, 103, 104]), np.array([103])]
     data = FitData(np.array([1, 2]), item_ids, user_pos, _inputs(2, 5))
-    users, positions, items = epoch_groups(data, 4, seed=5, epoch=0)
-    assert items.dtype == torch.int32 and torch.equal(positions, torch.arange(6))
+    users, items = epoch_groups(data, 4, seed=5, epoch=0)
+    assert items.dtype == torch.int32 and users.dtype == torch.int32
     assert users.tolist() == [0, 0, 0, 0, 0, 1]
     assert items[:, 0].tolist() == [0, 1, 2, 3, 4, 3]
     assert (items[:5, 1:] == -1).all()
@@ -286,18 +286,17 @@ def _fit_data_windows():
 
 def test_epoch_groups_pair_each_positive_with_its_own_fresh_negatives():
     data = _fit_data_windows()
-    users, positions, items = epoch_groups(data, 4, seed=2, epoch=3)
+    users, items = epoch_groups(data, 4, seed=2, epoch=3)
     assert items.shape == (len(data.flat_items), 5)
-    assert torch.equal(items[:, 0].long(), data.flat_items)
+    assert torch.equal(items[:, 0], data.flat_items)  # row n is flat position n
     assert torch.equal(users, data.flat_user)
-    assert torch.equal(positions, torch.arange(len(data.flat_items)))
     assert (items[:, 1:] >= 0).all()
     pos_sets = [set(np.searchsorted(data.item_ids, p)) for p in data.user_pos]
     for row in range(len(items)):
         assert not (set(items[row, 1:].tolist()) & pos_sets[int(users[row])])
-    _, _, other = epoch_groups(data, 4, seed=2, epoch=4)
+    _, other = epoch_groups(data, 4, seed=2, epoch=4)
     assert not torch.equal(other[:, 1:], items[:, 1:])  # fresh negatives every epoch
-    _, _, again = epoch_groups(data, 4, seed=2, epoch=3)
+    _, again = epoch_groups(data, 4, seed=2, epoch=3)
     assert torch.equal(again, items)  # seeded by (seed, epoch)
 
 
