@@ -131,11 +131,11 @@ def select_and_refit(cfg: Config, source: FitSource, model_cfg: ModelConfig, nam
     return out, selected
 
 
-# Driver memory a driver-path fit adds per positive of its scope, measured at 5M ratings since each epoch's
-# negatives are drawn straight into int32 (README: the whole nightly at scale): the train stage peaked at
-# 2.62 GiB against 1.31 GiB in embed, for ~4.95 M positives a scope. Two refits ran side by side there, so
-# counting the whole rise against one fit errs towards fewer fits at once.
-FIT_BYTES_PER_POSITIVE = 290
+# Driver memory a driver-path fit adds per positive of its scope, measured at 25M ratings (README: the whole
+# nightly at scale, since 9b5db35): the driver went from ~3.1 GiB at the start of the train stage to 5.95 GiB
+# with the eval and serve refits side by side, for ~24.9 M positives a scope. Counting the whole rise against
+# one fit errs towards fewer fits at once.
+FIT_BYTES_PER_POSITIVE = 120
 
 
 def free_memory() -> int | None:
