@@ -41,7 +41,8 @@ def train_sequence_model(user_ids: np.ndarray, sequences: list[np.ndarray], cfg:
     """Fit Doc2Vec on the users' time-ordered item sequences."""
     words = {int(i): str(i) for i in np.unique(np.concatenate(sequences))} if len(sequences) else {}
     # every document points at its items' one shared str: no str object per token
-    docs = [TaggedDocument([words[i] for i in np.asarray(seq).tolist()], [str(u)]) for u, seq in zip(user_ids, sequences)]
+    docs = [TaggedDocument([words[i] for i in np.asarray(seq).tolist()], [str(u)])
+            for u, seq in zip(user_ids, sequences)]
     log.info("embed: Doc2Vec over %d user sequences", len(docs))
     return Doc2Vec(docs, vector_size=cfg.vector_size, window=cfg.window, min_count=cfg.min_count,
                    negative=cfg.negative, hs=0, dm=cfg.dm, dbow_words=1, epochs=cfg.epochs,

@@ -104,12 +104,12 @@ def epoch_groups(data: FitData, negatives: int, seed: int, epoch: int, weights: 
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(user_idx (N,), items (N, 1 + negatives)), both int32, for one epoch.
 
-    Row n is the n-th positive (flat position n, column 0) with its own fresh negatives, drawn by ``weights``: each user's
-    draws are those of ``negatives.samples_for_users`` (the ``train_samples`` table) for the same epoch,
-    written straight into the user's rows, in order; -1 fills the rows of users with too few eligible
-    negatives. Users without positives (in a distributed fit: the other processes' users) draw nothing.
-    Only this array is allocated per positive (4 bytes a column): an epoch's negatives are drawn while
-    the previous epoch trains.
+    Row n is the n-th positive (flat position n, column 0) with its own fresh negatives, drawn by
+    ``weights``: each user's draws are those of ``negatives.samples_for_users`` (the ``train_samples``
+    table) for the same epoch, written straight into the user's rows, in order; -1 fills the rows of
+    users with too few eligible negatives. Users without positives (in a distributed fit: the other
+    processes' users) draw nothing. Only this array is allocated per positive (4 bytes a column): an
+    epoch's negatives are drawn while the previous epoch trains.
     """
     n_pos = len(data.flat_items)
     items = np.full((n_pos, 1 + negatives), -1, dtype=np.int32)
