@@ -244,7 +244,7 @@ class TrainConfig:
     sparse_ids: bool = setting(False, "sparse gradients and lazy Adam (`torch.optim.SparseAdam`) for the GMF ID "
                                       "embeddings: a step updates only the rows of its batch, so an epoch no "
                                       "longer costs (users + items) per step; for 10^5+ users or items (dense "
-                                      "Adam's numbers differ slightly; needs `weight_decay: 0`; driver path only)")
+                                      "Adam's numbers differ slightly; needs `weight_decay: 0`)")
     loss: Literal["bce", "bpr", "softmax", "full_softmax"] = setting(
         "bce", "`bce` pointwise; `bpr` or `softmax`: each positive against its own negatives (with "
                "`model.encoder: attention`, `softmax` is a sampled softmax over `negatives` items shared by a "
@@ -293,9 +293,6 @@ class TrainConfig:
         if self.validation_metric == "full" and self.distributed:
             raise ConfigError("train.validation_metric: full with train.distributed: a training process holds "
                               "only its shard's histories; use `sampled` or the driver path")
-        if self.sparse_ids and self.distributed:
-            raise ConfigError("train.sparse_ids with train.distributed: DDP's sparse all-reduce over gloo corrupted "
-                              "a process's heap at 25M ratings (it works at 1M); use one or the other")
 
 
 BASELINES = ("ItemPop", "Recency", "ALS", "GMF", "MLP", "NeuMF", "SASRec")

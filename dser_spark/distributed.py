@@ -16,7 +16,8 @@ and loads what rank 0 wrote. Each process
 - runs ``train.fit`` on its shard (a ``train.Replica``): a user's negatives
   are seeded by (seed, epoch, user), so they are the driver path's whatever the
   number of processes; each step is one global batch of ``train.batch_size``
-  positives split over the processes, and DDP averages the gradients;
+  positives split over the processes, and DDP averages the gradients (the
+  sparse ones of ``train.sparse_ids`` are gathered and averaged by hand);
 - validates on rank 0 only (the ``eval_candidates`` table) and broadcasts the
   metric, so every process takes the same early-stopping decision after the
   same epoch and keeps the same best weights.
@@ -46,6 +47,7 @@ import pyarrow.fs as pafs
 import torch
 import torch.distributed as dist
 from pyspark.sql import SparkSession
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from dser_spark import sequences, tables
@@ -139,8 +141,8 @@ def run_process(spec: dict) -> None:
         replica = Replica(
             total_positives=int(counts.sum()), device=device,
             all_sum=lambda t: all_sum(t, device),
-            wrap=lambda m: DistributedDataParallel(m, device_ids=[device] if gpu else None,
-                                                   broadcast_buffers=False, static_graph=True))
+            average_sparse=lambda params: average_sparse(params, device),
+            wrap=lambda m: data_parallel(m, device if gpu else None))
         validate = lead_validator(cfg, data, device) if spec["validated"] else None
         trained = fit_replica(data, model_cfg, dataclasses.replace(cfg.train, threads=threads), cfg.seed,
                               spec["label"], validate, spec["epochs"], None, replica)
@@ -149,6 +151,26 @@ def run_process(spec: dict) -> None:
             write_artifacts(trained, cfg, spec["staging"])
     finally:
         dist.destroy_process_group()
+
+
+def data_parallel(module: nn.Module, gpu: torch.device | None) -> DistributedDataParallel:
+    """``module`` under DDP, which averages the dense gradients; it ignores the sparse embeddings
+    (``average_sparse`` averages theirs: gloo's sparse all-reduce corrupted the heap at 25M ratings)."""
+    sparse = [f"{name}.weight" for name, m in module.named_modules() if isinstance(m, nn.Embedding) and m.sparse]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, sparse)
+    return DistributedDataParallel(module, device_ids=[gpu] if gpu is not None else None,
+                                   broadcast_buffers=False, static_graph=True)
+
+
+def average_sparse(params: list[nn.Parameter], device: torch.device) -> None:
+    """Each parameter's sparse gradient replaced by its average over the processes (DDP's mean): every
+    process's rows gathered as dense tensors, the duplicates summed by ``SparseAdam``'s coalesce."""
+    world = dist.get_world_size()
+    for param in params:
+        grad = param.grad.coalesce()
+        rows = torch.cat(gather_rows(grad.indices()[0], device))
+        values = torch.cat(gather_rows(grad.values(), device)) / world
+        param.grad = torch.sparse_coo_tensor(rows[None], values, param.shape, check_invariants=False)
 
 
 def all_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -160,15 +182,20 @@ def all_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 def all_gather(values: np.ndarray, device: torch.device) -> list[np.ndarray]:
     """Every process's 1-D int64 ``values`` (lengths may differ), in rank order."""
-    size = torch.tensor([len(values)], device=device)
+    mine = torch.from_numpy(np.asarray(values, dtype=np.int64))
+    return [rows.cpu().numpy() for rows in gather_rows(mine, device)]
+
+
+def gather_rows(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
+    """Every process's ``t`` (the first dimension may differ), in rank order, on ``device``."""
+    size = torch.tensor([len(t)], device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
-    longest = int(max(s.item() for s in sizes))
-    padded = torch.zeros(longest, dtype=torch.long, device=device)
-    padded[:len(values)] = torch.from_numpy(np.asarray(values, dtype=np.int64)).to(device)
+    padded = t.new_zeros((int(max(s.item() for s in sizes)), *t.shape[1:]), device=device)
+    padded[:len(t)] = t
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
-    return [o[:int(s.item())].cpu().numpy() for o, s in zip(out, sizes)]
+    return [o[:int(s.item())] for o, s in zip(out, sizes)]
 
 
 def shard_data(cfg: Config, scope: str, universe: np.ndarray, device: torch.device) -> FitData:

@@ -167,22 +167,29 @@ def _fingerprint(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, 
 
 class Optimizer:
     """Adam (fused: ~12% faster) on the model's parameters, but lazy Adam (``SparseAdam``) on the GMF ID
-    embeddings when they have sparse gradients (``train.sparse_ids``): a step touches only its batch's rows."""
+    embeddings when they have sparse gradients (``train.sparse_ids``): a step touches only its batch's rows.
 
-    def __init__(self, model: DSER, train_cfg: TrainConfig):
-        ids = [emb for emb in (model.user_emb, model.item_emb) if emb.sparse]
-        sparse = {id(emb.weight) for emb in ids}
+    ``average_sparse`` (a distributed fit) replaces the sparse gradients by their average over the
+    processes before each step; DDP averages the dense ones."""
+
+    def __init__(self, model: DSER, train_cfg: TrainConfig,
+                 average_sparse: Callable[[list[nn.Parameter]], None] | None = None):
+        self.sparse = [emb.weight for emb in (model.user_emb, model.item_emb) if emb.sparse]
+        sparse = {id(p) for p in self.sparse}
         dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse]
         self.parts = {"dense": torch.optim.Adam(dense, lr=train_cfg.lr, weight_decay=train_cfg.weight_decay,
                                                 fused=True)}
-        if ids:
-            self.parts["sparse"] = torch.optim.SparseAdam([emb.weight for emb in ids], lr=train_cfg.lr)
+        if self.sparse:
+            self.parts["sparse"] = torch.optim.SparseAdam(self.sparse, lr=train_cfg.lr)
+        self.average_sparse = average_sparse if self.sparse else None
 
     def zero_grad(self) -> None:
         for opt in self.parts.values():
             opt.zero_grad()
 
     def step(self) -> None:
+        if self.average_sparse is not None:
+            self.average_sparse(self.sparse)
         for opt in self.parts.values():
             opt.step()
 
@@ -246,6 +253,7 @@ class Replica:
     total_positives: int                              # of the fit, over all processes: the global batches
     wrap: Callable[[nn.Module], nn.Module]            # the data-parallel wrapper (DDP: averages gradients)
     all_sum: Callable[[torch.Tensor], torch.Tensor]   # element-wise sum over the processes
+    average_sparse: Callable[[list[nn.Parameter]], None]  # their sparse gradients averaged (DDP ignores them)
     device: torch.device = torch.device("cpu")
 
 
@@ -347,12 +355,12 @@ def fit(data: FitData, model_cfg: ModelConfig, train_cfg: TrainConfig, seed: int
     device = replica.device if replica is not None else torch.device("cpu")
     with seeded(seed):
         model = DSER(data.inputs, model_cfg).to(device)
-    for emb in (model.user_emb, model.item_emb):  # before DDP wraps the model: its buckets know them sparse
+    for emb in (model.user_emb, model.item_emb):  # before DDP wraps the model: it leaves sparse ones alone
         emb.sparse = train_cfg.sparse_ids
     step = BatchScorer(model) if replica is None else replica.wrap(BatchScorer(model))
     n_epochs = train_cfg.epochs if epochs is None else epochs
     n_total = replica.total_positives if replica is not None else len(data.flat_items)
-    opt = Optimizer(model, train_cfg)
+    opt = Optimizer(model, train_cfg, replica.average_sparse if replica is not None else None)
     next_item = train_cfg.objective == "next" and data.max_window > 0 and model_cfg.use_recency
     weights = negative_weights(train_cfg, lambda: _summed(
         np.bincount(data.flat_items.numpy(), minlength=len(data.item_ids)), replica))

@@ -35,7 +35,6 @@ def test_unknown_key_is_named():
     ({"split": {"validation": "maybe"}}, "split.validation"),
     ({"model": {"mlp_layers": []}}, "model.mlp_layers"),
     ({"train": {"sparse_ids": True, "weight_decay": 0.01}}, "train.sparse_ids"),
-    ({"train": {"sparse_ids": True, "distributed": True}}, "train.sparse_ids"),
     ({"train": {"validation_metric": "full", "distributed": True}}, "train.validation_metric"),
 ])
 def test_bad_values_name_the_key(data, key):

@@ -126,3 +126,18 @@ def test_two_processes_on_local_cluster_reach_the_driver_paths_validation_hr(spa
     assert local[-1]["epoch"] == local_best + 1 < 6
     assert driver[driver_best]["val_hr"] == best["driver"]
 
+
+
+@pytest.mark.slow
+def test_sparse_id_updates_train_alike_on_the_driver_and_in_two_processes(spark, ml100k_nightlies, tmp_path):
+    # train.sparse_ids: each process gathers the ID embeddings' sparse gradients of the others and averages
+    # them (DDP ignores those two tables); lazy Adam in every process
+    sets = [f"warehouse.root={tables.root_uri(ml100k_nightlies.local)}", "train.refit_all=false",
+            "train.show_progress=false", "train.epochs=2", "train.patience=0", "train.sparse_ids=true"]
+    driver, _ = _select(spark, load_config(CONFIG, sets), tmp_path / "driver")
+    local, _ = _select(spark, load_config(CONFIG, [*sets, "train.distributed=true"]), tmp_path / "local")
+    assert local[0]["val_hr"] == driver[0]["val_hr"]  # the same starting model
+    assert [h["samples"] for h in local] == [h["samples"] for h in driver]
+    assert all(abs(a["loss"] - b["loss"]) < 0.005 for a, b in zip(local[1:], driver[1:]))
+    assert abs(local[-1]["val_hr"] - driver[-1]["val_hr"]) <= HR_TOLERANCE
+    assert driver[-1]["val_hr"] > driver[0]["val_hr"] + 0.05  # lazy Adam trains
