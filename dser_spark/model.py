@@ -69,16 +69,16 @@ def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: tor
     ``context`` (B, K) holds item indexes newest first, -1 where the history
     is shorter; a window over an empty history is the zero vector. The
     windows' sums are one matrix product of a (W, K) 0/1 matrix with the
-    gathered vectors laid out (K, B * d).
+    gathered vectors laid out (K, B * d). Only the context's rows are touched
+    (no copy of the item table: a training step costs the same at any catalogue size).
     """
-    (n, d), (b, k) = item_vectors.shape, context.shape
+    d, (b, k) = item_vectors.shape[1], context.shape
     if k == 0:
         return item_vectors.new_zeros((b, len(windows), d))
     positions = torch.arange(k, device=context.device)
     take = (positions[None, :] < windows.clamp(max=k)[:, None]).to(item_vectors.dtype)  # (W, K)
     ok = context >= 0
-    padded = torch.cat([item_vectors, item_vectors.new_zeros(1, d)])  # row n: the zero vector of -1
-    vecs = F.embedding(torch.where(ok, context, n).T, padded)          # (K, B, d)
+    vecs = F.embedding(context.clamp(min=0).T, item_vectors).masked_fill_(~ok.T[..., None], 0.0)  # (K, B, d)
     sums = (take @ vecs.reshape(k, b * d)).view(len(windows), b, d)
     counts = (take @ ok.T.to(item_vectors.dtype)).clamp(min=1.0)       # (W, B)
     return (sums / counts[..., None]).transpose(0, 1).contiguous()

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Training throughput: our pipeline (``train.fit``) against a bare torch loop over the same model.
 
-    scripts/bench_train.py [--dataset ml-1m|synthetic] [--epochs 3] [--threads 1] [--batch-size 1024]
+    scripts/bench_train.py [--dataset ml-1m|synthetic] [--shape 30000,62423,40] [--epochs 3] [--threads 1]
+                           [--batch-size 1024]
 
 The pipeline does what a real fit does each epoch: fresh seeded negatives
 (``sequences.samples_for_users``, the function behind ``train_samples``),
@@ -59,6 +60,7 @@ def ml1m_sequences() -> tuple[np.ndarray, list[np.ndarray], np.ndarray]:
 
 
 def synthetic_sequences(users: int = 6040, items: int = 3706, per_user: int = 165, seed: int = 0):
+    """``users`` sequences of ~``per_user`` distinct items (at least 20) from a power-law catalogue."""
     rng = np.random.default_rng(seed)
     pop = 1.0 / np.arange(1, items + 1) ** 0.8
     pop /= pop.sum()
@@ -118,6 +120,8 @@ def sample_bytes_per_positive(data: FitData, negatives: int, seed: int) -> float
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["ml-1m", "synthetic"], default="ml-1m")
+    ap.add_argument("--shape", default="6040,3706,165", metavar="USERS,ITEMS,PER_USER",
+                    help="the synthetic data's shape (default ML-1M's; 30000,62423,40: ML-25M's catalogue)")
     ap.add_argument("--config", default=str(ROOT / "conf" / "ml-1m-doc2vec.yaml"),
                     help="conf/ml-1m.yaml: the attention encoder")
     ap.add_argument("--epochs", type=int, default=3, help="epochs (the first epoch's negatives cannot be drawn ahead)")
@@ -131,7 +135,8 @@ def main() -> int:
     threads = [f"train.threads={args.threads}"] if args.threads else []  # the pipeline's fit sets its threads
     cfg = load_config(args.config, [f"train.batch_size={args.batch_size}", "train.show_progress=true", *threads,
                                     *args.overrides])
-    user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else synthetic_sequences()
+    user_ids, seqs, item_ids = ml1m_sequences() if args.dataset == "ml-1m" else \
+        synthetic_sequences(*(int(x) for x in args.shape.split(",")))
     d, c = cfg.embed.vector_size, cfg.embed.content_vector_size
     g = torch.Generator().manual_seed(0)
     inputs = Inputs(torch.randn(len(user_ids), d, generator=g) * 0.1, None,
