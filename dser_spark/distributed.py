@@ -168,8 +168,9 @@ def average_sparse(params: list[nn.Parameter], device: torch.device) -> None:
     world = dist.get_world_size()
     for param in params:
         grad = param.grad.coalesce()
-        rows = torch.cat(gather_rows(grad.indices()[0], device))
-        values = torch.cat(gather_rows(grad.values(), device)) / world
+        sizes = gather_sizes(grad.values(), device)  # one exchange of lengths for the rows and their values
+        rows = torch.cat(gather_rows(grad.indices()[0], sizes, device))
+        values = torch.cat(gather_rows(grad.values(), sizes, device)) / world
         param.grad = torch.sparse_coo_tensor(rows[None], values, param.shape, check_invariants=False)
 
 
@@ -183,19 +184,24 @@ def all_sum(t: torch.Tensor, device: torch.device) -> torch.Tensor:
 def all_gather(values: np.ndarray, device: torch.device) -> list[np.ndarray]:
     """Every process's 1-D int64 ``values`` (lengths may differ), in rank order."""
     mine = torch.from_numpy(np.asarray(values, dtype=np.int64))
-    return [rows.cpu().numpy() for rows in gather_rows(mine, device)]
+    return [rows.cpu().numpy() for rows in gather_rows(mine, gather_sizes(mine, device), device)]
 
 
-def gather_rows(t: torch.Tensor, device: torch.device) -> list[torch.Tensor]:
-    """Every process's ``t`` (the first dimension may differ), in rank order, on ``device``."""
+def gather_sizes(t: torch.Tensor, device: torch.device) -> list[int]:
+    """Every process's ``len(t)``, in rank order."""
     size = torch.tensor([len(t)], device=device)
     sizes = [torch.zeros_like(size) for _ in range(dist.get_world_size())]
     dist.all_gather(sizes, size)
-    padded = t.new_zeros((int(max(s.item() for s in sizes)), *t.shape[1:]), device=device)
+    return [int(s.item()) for s in sizes]
+
+
+def gather_rows(t: torch.Tensor, sizes: list[int], device: torch.device) -> list[torch.Tensor]:
+    """Every process's ``t`` (of ``sizes[rank]`` rows: ``gather_sizes``), in rank order, on ``device``."""
+    padded = t.new_zeros((max(sizes), *t.shape[1:]), device=device)
     padded[:len(t)] = t
     out = [torch.zeros_like(padded) for _ in sizes]
     dist.all_gather(out, padded)
-    return [o[:int(s.item())] for o, s in zip(out, sizes)]
+    return [o[:n] for o, n in zip(out, sizes)]
 
 
 def shard_data(cfg: Config, scope: str, universe: np.ndarray, device: torch.device) -> FitData:

@@ -127,7 +127,6 @@ def test_two_processes_on_local_cluster_reach_the_driver_paths_validation_hr(spa
     assert driver[driver_best]["val_hr"] == best["driver"]
 
 
-
 @pytest.mark.slow
 def test_sparse_id_updates_train_alike_on_the_driver_and_in_two_processes(spark, ml100k_nightlies, tmp_path):
     # train.sparse_ids: each process gathers the ID embeddings' sparse gradients of the others and averages
