@@ -63,6 +63,9 @@ class Inputs:
 BUFFERS = ("user_vectors", "recent_vectors", "item_vectors", "item_out_vectors", "content_vectors", "windows")
 
 
+WINDOW_ROWS = 8192  # context rows window_means gathers at once: its temporaries stay ~(K + 3 W) d floats a row
+
+
 def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
     """(B, W, d) mean item vector of the first ``k_w`` entries of each context row.
 
@@ -71,10 +74,16 @@ def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: tor
     windows' sums are one matrix product of a (W, K) 0/1 matrix with the
     gathered vectors laid out (K, B * d). Only the context's rows are touched
     (no copy of the item table: a training step costs the same at any catalogue size).
+    Every user's windows at once (a fit's serving vectors) are made ``WINDOW_ROWS`` rows at a time.
     """
     d, (b, k) = item_vectors.shape[1], context.shape
     if k == 0:
         return item_vectors.new_zeros((b, len(windows), d))
+    if b > WINDOW_ROWS:
+        out = item_vectors.new_empty((b, len(windows), d))
+        for start in range(0, b, WINDOW_ROWS):
+            out[start:start + WINDOW_ROWS] = window_means(item_vectors, context[start:start + WINDOW_ROWS], windows)
+        return out
     positions = torch.arange(k, device=context.device)
     take = (positions[None, :] < windows.clamp(max=k)[:, None]).to(item_vectors.dtype)  # (W, K)
     ok = context >= 0

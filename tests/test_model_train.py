@@ -12,7 +12,7 @@ from dser_spark.artifacts import load_artifacts, load_from_bytes, model_bytes, s
 from dser_spark.negatives import negative_weights
 from dser_spark.scoring import Kernel
 from dser_spark.train import FitData, Optimizer, epoch_groups, fit, group_loss, pretrained_state
-from dser_spark import sequences
+from dser_spark import model as model_module, sequences
 
 
 def all_logits(model, n_users, n_items):
@@ -230,6 +230,19 @@ def test_window_means_by_hand():
     assert torch.allclose(got[0], torch.tensor([[4.0, 4.0], [2.0, 3.0], [5 / 3, 2.0]]))
     assert torch.allclose(got[1], torch.tensor([[0.0, 2.0], [0.0, 2.0], [0.0, 2.0]]))
     assert torch.equal(got[2], torch.zeros(3, 2))
+
+
+def test_window_means_of_many_rows_are_made_in_blocks_with_the_same_values(monkeypatch):
+    gen = torch.Generator().manual_seed(0)
+    vecs = torch.randn(30, 8, generator=gen)
+    context = torch.randint(-1, 30, (53, 6), generator=gen)  # some -1: shorter histories
+    windows = torch.tensor([3, 1, 6])
+    whole = window_means(vecs, context, windows)
+    monkeypatch.setattr(model_module, "WINDOW_ROWS", 7)  # 53 rows: 7 full blocks and a short one
+    blocked = window_means(vecs, context, windows)
+    assert torch.allclose(blocked, whole, atol=1e-6, rtol=0)
+    for row in (0, 6, 7, 52):
+        assert torch.allclose(blocked[row], window_means(vecs, context[row:row + 1], windows)[0], atol=1e-6, rtol=0)
 
 
 def test_fit_data_contexts_see_only_the_past_of_the_same_user():
