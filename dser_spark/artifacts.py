@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import shutil
 import tempfile
@@ -83,6 +84,16 @@ def chosen_epochs(history: list[dict]) -> int | None:
 def model_bytes(directory: Path) -> dict[str, bytes]:
     """The files of a model directory as bytes (to broadcast to executors)."""
     return {p.name: p.read_bytes() for p in directory.iterdir() if p.is_file()}
+
+
+def stored_history(files: dict[str, bytes]) -> list[dict]:
+    """The training curve of ``model_bytes`` output, without building the model."""
+    return json.loads(files["history.json"])
+
+
+def stored_item_ids(files: dict[str, bytes]) -> np.ndarray:
+    """The item ids (by dense index) of ``model_bytes`` output, without building the model."""
+    return pd.read_parquet(io.BytesIO(files["item_index.parquet"]))["item_id"].to_numpy()
 
 
 def load_from_bytes(files: dict[str, bytes]) -> Trained:

@@ -273,15 +273,7 @@ def read_vectors(cfg: Config, name: str, key: str, ids: np.ndarray, scope: str |
     """Vectors of table ``name`` (rows of ``scope``, if given) aligned with ``ids``, zeros where missing."""
     table = dataset(cfg, name).to_table(columns=[key, column],
                                         filter=pc.field("scope") == scope if scope is not None else None)
-    if table.num_rows == 0:
-        raise ValueError(f"table '{name}' has no rows for scope {scope!r}: run the embed stage first")
-    keys = table.column(key).to_numpy()
-    flat = pc.list_flatten(table.column(column)).to_numpy().astype(np.float32)
-    out = np.zeros((len(ids), len(flat) // len(keys)), dtype=np.float32)
-    pos = pd.Index(keys).get_indexer(ids)
-    found = pos >= 0
-    out[found] = flat.reshape(len(keys), -1)[pos[found]]
-    return torch.from_numpy(out)
+    return torch.from_numpy(tables.aligned_rows(table, key, column, ids, f"table '{name}' (scope {scope!r})"))
 
 
 def write_artifacts(trained: Trained, cfg: Config, uri: str) -> None:

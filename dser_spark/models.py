@@ -29,7 +29,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from dser_spark import tables
-from dser_spark.artifacts import Trained, load_artifacts, model_bytes, save_artifacts
+from dser_spark.artifacts import Trained, model_bytes, save_artifacts
 from dser_spark.config import Config
 
 log = logging.getLogger("dser_spark")
@@ -175,14 +175,15 @@ def resolve(spark: SparkSession, cfg: Config, dt: str, requested: str | None = N
     return Resolved(newest, f"none was trained for dt={dt}: the newest complete model ({LATEST})")
 
 
-def load(spark: SparkSession, cfg: Config, mid: str, scope: str) -> tuple[Trained, dict[str, bytes]]:
-    """A stored fit and its raw files (for broadcasting)."""
+def files(spark: SparkSession, cfg: Config, mid: str, scope: str) -> dict[str, bytes]:
+    """A stored fit's files (``artifacts.model_bytes``): what evaluate and recommend broadcast. The driver
+    reads what it needs from them (``artifacts.stored_history``, ``stored_item_ids``) without building the
+    model."""
     name = f"{ROOT}/{mid}/{scope}"
     if not tables.filesystem(spark, cfg).exists(f"{tables.root_uri(cfg)}/{name}"):
         raise ModelNotFound(f"model {mid} has no '{scope}' fit (it has {manifest(spark, cfg, mid)['scopes']})")
     with tempfile.TemporaryDirectory() as tmp:
-        local = tables.get_directory(spark, cfg, name, str(Path(tmp) / "model"))
-        return load_artifacts(Path(local)), model_bytes(Path(local))
+        return model_bytes(Path(tables.get_directory(spark, cfg, name, str(Path(tmp) / "model"))))
 
 
 def retain(spark: SparkSession, cfg: Config, published: dict[str, str]) -> list[str]:

@@ -16,6 +16,7 @@ from pyspark.sql import functions as F
 
 from dser_spark import (distributed, embed, evaluate, models, prepare, publish, recommend, report, runs, selection,
                         sequences, tables)
+from dser_spark.artifacts import chosen_epochs, stored_history, stored_item_ids
 from dser_spark.config import Config, from_dict
 from dser_spark.model import Inputs
 from dser_spark.sequences import EVAL, SELECT, TEST
@@ -76,16 +77,31 @@ class WarehouseData:
         next-item training contexts see only what came before."""
         if scope not in self._fits:
             user_ids, seqs = self.scope_sequences(scope)
-            item_ids = self.universe
-            inputs = Inputs(
-                user_vectors=self._vectors("user_vectors", "user_id", user_ids, scope),
-                recent_vectors=None,
-                item_vectors=self._vectors("item_seq_vectors", "item_id", item_ids, scope),
-                item_out_vectors=self._vectors("item_seq_vectors", "item_id", item_ids, scope, "out_vector"),
-                content_vectors=self._vectors("item_content_vectors", "item_id", item_ids, None),
-            )
-            self._fits[scope] = FitData(user_ids, item_ids, seqs, inputs, self.cfg.recent.window_sizes())
+            self._fits[scope] = FitData(user_ids, self.universe, seqs, self._inputs(scope, user_ids),
+                                        self.cfg.recent.window_sizes())
         return self._fits[scope]
+
+    def recent_data(self, scope: str) -> FitData:
+        """``fit_data(scope)`` with only each user's last positives, those the recent windows read: all an
+        untrained model (the Recency baseline) needs, without every positive on the driver."""
+        windows = self.cfg.recent.window_sizes()
+        last = max(windows, default=0) + 2  # + the held-out items a scope drops
+        frame = tables.derived(self.spark, self.cfg, "sequences", f"last {last} items", lambda df: df.select(
+            "user_id", F.expr(f"slice(item_ids, greatest(size(item_ids) - {last - 1}, 1), {last})").alias("item_ids"),
+            "has_validation", "has_test").toPandas())
+        user_ids, seqs = sequences.scope_sequences(frame, scope)
+        return FitData(user_ids, self.universe, seqs, self._inputs(scope, user_ids), windows)
+
+    def _inputs(self, scope: str, user_ids: np.ndarray) -> Inputs:
+        """The Doc2Vec inputs of a fit of ``scope`` over ``user_ids`` and the universe."""
+        item_ids = self.universe
+        return Inputs(
+            user_vectors=self._vectors("user_vectors", "user_id", user_ids, scope),
+            recent_vectors=None,
+            item_vectors=self._vectors("item_seq_vectors", "item_id", item_ids, scope),
+            item_out_vectors=self._vectors("item_seq_vectors", "item_id", item_ids, scope, "out_vector"),
+            content_vectors=self._vectors("item_content_vectors", "item_id", item_ids, None),
+        )
 
     def positives(self, scope: str) -> DataFrame:
         return sequences.scope_positives(self.table("splits"), scope).select("user_id", "item_id")
@@ -96,19 +112,15 @@ class WarehouseData:
 
     def _vectors(self, name: str, key: str, ids: np.ndarray, scope: str | None,
                  column: str = "vector") -> torch.Tensor:
-        """Vectors of table ``name`` aligned with ``ids`` (zeros where missing)."""
-        columns = [key, "vector"] + (["out_vector"] if name == "item_seq_vectors" else []) + \
-            (["scope"] if scope is not None else [])
-        pdf = tables.collect(self.spark, self.cfg, name, columns)
-        if scope is not None:
-            pdf = pdf[pdf["scope"] == scope]
-        pdf = pdf.set_index(key)
-        dim = len(pdf[column].iloc[0])
-        out = np.zeros((len(ids), dim), dtype=np.float32)
-        pos = pd.Index(pdf.index).get_indexer(ids)
-        found = pos >= 0
-        out[found] = np.stack(pdf[column].to_numpy()[pos[found]])
-        return torch.from_numpy(out)
+        """Vectors of table ``name`` (rows of ``scope``, if given) aligned with ``ids`` (zeros where missing).
+        Each scope's rows are collected once per table version, as Arrow (flat floats, not an object a row)."""
+        columns = [key, "vector"] + (["out_vector"] if name == "item_seq_vectors" else [])
+
+        def rows(df: DataFrame):
+            return (df if scope is None else df.filter(F.col("scope") == scope)).select(*columns).toArrow()
+
+        table = tables.derived(self.spark, self.cfg, name, f"arrow {','.join(columns)} of scope {scope}", rows)
+        return torch.from_numpy(tables.aligned_rows(table, key, column, ids, f"table '{name}' (scope {scope!r})"))
 
 
 # ---------------------------------------------------------------- prepare
@@ -268,9 +280,10 @@ def run_evaluate(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> pd
     sampled-protocol rows (what the nightly summary prints).
     """
     e, mid, data = cfg.evaluate, resolve_model(spark, cfg, dt, opts), WarehouseData(spark, cfg)
-    trained, files = models.load(spark, cfg, mid, EVAL)
+    files = models.files(spark, cfg, mid, EVAL)
     shipped: dict[str, evaluate.Model] = {"DSER": evaluate.KernelModel(files)}
-    histories, notes = {"DSER": trained.history}, {"DSER": f"epochs {trained.best_epoch}"}
+    history = stored_history(files)
+    histories, notes = {"DSER": history}, {"DSER": f"epochs {chosen_epochs(history)}"}
     for name in e.baselines:
         started = time.time()
         with runs.step(spark, f"baseline {name}"):
@@ -336,16 +349,17 @@ def run_recommend(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> d
         decision = publish.quality_gate(spark, cfg, mid, opts.force)
     log.info("%s", decision)
     _note(quality_gate=decision)
-    trained, files = models.load(spark, cfg, mid, selection.serving_scope(trained_config(spark, cfg, mid)))
+    files = models.files(spark, cfg, mid, selection.serving_scope(trained_config(spark, cfg, mid)))
+    model_items = stored_item_ids(files)
     interactions = tables.read_table(spark, cfg, "interactions")
     users = recommend.id_list(spark, cfg, rc.users, rc.user_ids, "user_id")
-    items = recommend.candidate_items(spark, cfg, trained.item_ids)
+    items = recommend.candidate_items(spark, cfg, model_items)
     recs = recommend.recommend_all(spark, files, interactions, rc, users, items).withColumn("model_run_id",
                                                                                             F.lit(mid))
     targets = interactions.select("user_id").distinct() if users is None else users
     with runs.step(spark, "score, check and publish"):
         location = publish.publish_recommendations(spark, cfg, recs, dt, targets,
-                                                   trained.item_ids if items is None else items, interactions)
+                                                   model_items if items is None else items, interactions)
     published = models.manifest(spark, cfg, mid)["published"]
     models.update_manifest(spark, cfg, mid, published=sorted({*published, dt}))
     with runs.step(spark, "retain models"):

@@ -42,6 +42,9 @@ class FitSource(Protocol):
     def fit_data(self, scope: str) -> FitData:
         """Sequences and Doc2Vec inputs of one scope."""
 
+    def recent_data(self, scope: str) -> FitData:
+        """``fit_data`` with only each user's last positives (those the recent windows read)."""
+
     def positives(self, scope: str) -> DataFrame:
         """(user_id, item_id) positives of one scope, as a Spark DataFrame."""
 
@@ -253,7 +256,7 @@ def baseline_model(cfg: Config, source: FitSource, name: str, checkpoints: str
         return f, None, ", ".join(f"{k} {v}" for k, v in f.params.items())
     bcfg = dataclasses.replace(cfg, train=baseline_training(cfg, name))  # stored with the model: it must load
     if name == "Recency":
-        data = source.fit_data(EVAL)
+        data = source.recent_data(EVAL)  # untrained: it reads only the recent windows
         model = DSER(data.inputs, baseline_config(cfg.model, "Recency")).eval()
         return (evaluate.KernelModel(evaluate.model_files(Trained(model, data.user_ids, data.item_ids), bcfg)),
                 None, f"untrained, last {cfg.recent.k} items")

@@ -23,7 +23,10 @@ import uuid
 from contextvars import ContextVar
 from typing import Callable, TypeVar
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Observation, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StructType
@@ -262,6 +265,20 @@ def derived(spark: SparkSession, cfg: Config, name: str, what: str, compute: Cal
 def collect(spark: SparkSession, cfg: Config, name: str, columns: list[str]) -> pd.DataFrame:
     """``columns`` of table ``name`` on the driver, collected at most once per version of the table."""
     return derived(spark, cfg, name, "columns " + ",".join(columns), lambda df: df.select(*columns).toPandas())
+
+
+def aligned_rows(table: pa.Table, key: str, column: str, ids: np.ndarray, what: str) -> np.ndarray:
+    """(len(ids), d) float32: the list column ``column`` of ``table`` at each id's ``key`` row, zeros where
+    an id has none. ``what`` names the rows in the error raised when there are none at all."""
+    if table.num_rows == 0:
+        raise ValueError(f"{what} has no rows: run the embed stage first")
+    keys = table.column(key).to_numpy()
+    flat = pc.list_flatten(table.column(column)).to_numpy().astype(np.float32)
+    out = np.zeros((len(ids), len(flat) // len(keys)), dtype=np.float32)
+    pos = pd.Index(keys).get_indexer(ids)
+    found = pos >= 0
+    out[found] = flat.reshape(len(keys), -1)[pos[found]]
+    return out
 
 
 def row_count(spark: SparkSession, cfg: Config, name: str) -> int | None:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from dser_spark import models, pipeline, sequences, tables
+from dser_spark.artifacts import load_from_bytes
 from dser_spark.sequences import EVAL, SELECT, SERVE
 from dser_spark.model import window_means
 from dser_spark.train import epoch_groups
@@ -72,7 +73,7 @@ def test_held_out_items_never_reach_a_fit(spark, warehouse, scope):
     assert torch.allclose(data.inputs.recent_vectors, expected)
     # the stored model of this scope (only refits are stored) holds the same inputs
     if scope == EVAL:
-        trained, _ = models.load(spark, cfg, models.latest(spark, cfg), scope)
+        trained = load_from_bytes(models.files(spark, cfg, models.latest(spark, cfg), scope))
         assert torch.count_nonzero(trained.model.item_out_vectors[held_idx]) == 0
         assert torch.allclose(trained.model.recent_vectors, expected)
     # negatives exclude only the fit positives: a user's own held-out item is drawn as a negative
@@ -84,6 +85,24 @@ def test_held_out_items_never_reach_a_fit(spark, warehouse, scope):
     own = [int(np.searchsorted(data.item_ids, _held(scope)[0][int(uid)])) in drawn[r]
            for r, uid in enumerate(data.user_ids)]
     assert sum(own) >= len(own) - 2
+
+
+@pytest.mark.parametrize("scope", [SELECT, EVAL])
+def test_recent_data_holds_each_users_last_positives_and_the_same_recent_vectors(spark, warehouse, scope):
+    """What the untrained Recency baseline is built from: the fit's users, inputs and recent vectors, but
+    only the last few positives of each user (not every positive on the driver)."""
+    data = pipeline.WarehouseData(spark, warehouse)
+    full, recent = data.fit_data(scope), data.recent_data(scope)
+    np.testing.assert_array_equal(recent.user_ids, full.user_ids)
+    np.testing.assert_array_equal(recent.item_ids, full.item_ids)
+    assert recent.windows == full.windows
+    for short, whole in zip(recent.user_pos, full.user_pos):  # a suffix, at least the longest window
+        assert min(len(whole), max(full.windows)) <= len(short) <= max(full.windows) + 2
+        np.testing.assert_array_equal(short, whole[len(whole) - len(short):])
+    assert sum(map(len, recent.user_pos)) < sum(map(len, full.user_pos))  # it did cut
+    assert torch.equal(recent.last_items(), full.last_items())
+    assert torch.equal(recent.inputs.recent_vectors, full.inputs.recent_vectors)
+    assert torch.equal(recent.inputs.user_vectors, full.inputs.user_vectors)
 
 
 def test_each_scope_sees_exactly_its_splits(spark, warehouse):

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dser_spark import cli, models, partitioned, publish, runs, tables
+from dser_spark.artifacts import load_from_bytes
 from dser_spark.coldstart import newest_first
 from dser_spark.config import load_config
 from dser_spark.model import window_means
@@ -118,7 +119,7 @@ def test_a_later_night_is_scored_with_the_latest_model_and_tonights_history(spar
     mine = recs[recs.user_id == user].sort_values("rank")
     assert not set(mine.item_id) & set(fresh)
     # the user state tonight is the one of the longer history, not the one stored at training time
-    trained, _ = models.load(spark, cfg, mid, "serve")
+    trained = load_from_bytes(models.files(spark, cfg, mid, "serve"))
     history = grown[grown.user_id == user].sort_values(["ts", "item_id"]).item_id.to_numpy(np.int64)
     serving = Serving(trained, cfg.recommend, Popularity(np.array([1]), np.array([1])))
     idx = np.array([int(np.searchsorted(trained.user_ids, user))])
