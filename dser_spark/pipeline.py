@@ -46,8 +46,8 @@ class WarehouseData:
     """The warehouse tables a fit reads, gathered on the driver.
 
     Tables are collected at most once per version per process (``tables.collect``):
-    every scope is cut from the one ``sequences`` frame, every scope's vectors
-    from the one vector frame. Implements ``selection.FitSource``.
+    every scope is cut from the one ``sequences`` frame; each scope's vectors
+    are collected once, as Arrow. Implements ``selection.FitSource``.
     """
 
     def __init__(self, spark: SparkSession, cfg: Config):
