@@ -96,7 +96,7 @@ def run_stage_command(cfg: Config, args: argparse.Namespace) -> int:
     loading.start()
     from pyspark.sql import SparkSession
 
-    from dser_spark.session import build_session
+    from dser_spark.session import build_session, stop_session
 
     ours = SparkSession.getActiveSession() is None  # in tests, the session's own is reused and left running
     spark = build_session(cfg)
@@ -105,7 +105,7 @@ def run_stage_command(cfg: Config, args: argparse.Namespace) -> int:
         return _run_stage(spark, cfg, args)
     finally:  # unregister from the master before the JVM exits: on local-cluster, an application still
         if ours:  # registered at shutdown sets the workers relaunching executors, and the exit can hang
-            spark.stop()
+            stop_session(spark)
 
 
 def _run_stage(spark, cfg: Config, args: argparse.Namespace) -> int:

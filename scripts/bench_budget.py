@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from dser_spark import pipeline, tables  # noqa: E402
 from dser_spark.config import load_config  # noqa: E402
 from dser_spark.logs import setup_logging  # noqa: E402
-from dser_spark.session import build_session  # noqa: E402
+from dser_spark.session import build_session, stop_session  # noqa: E402
 
 DT = "2026-01-01"
 
@@ -63,7 +63,7 @@ def main() -> int:
             timed[stage] = time.time() - started
         metrics = result[result["model"] == "DSER"].set_index(["metric", "k"])["value"]
     finally:
-        spark.stop()
+        stop_session(spark)
     total = sum(timed.values())
     print(f"\n| stage | seconds |\n| --- | ---: |\n| train ({args.epochs} epochs, {args.threads} threads) | "
           f"{timed['train']:.0f} |\n| evaluate (DSER, sampled + full) | {timed['evaluate']:.0f} |\n"

@@ -49,7 +49,7 @@ def run_one(config: Path, sets: list[str], out: Path, first: str = "prepare") ->
     from dser_spark import pipeline, runs, tables
     from dser_spark.config import load_config
     from dser_spark.logs import setup_logging
-    from dser_spark.session import build_session
+    from dser_spark.session import build_session, stop_session
 
     setup_logging()
     cfg = load_config(config, sets)
@@ -65,7 +65,7 @@ def run_one(config: Path, sets: list[str], out: Path, first: str = "prepare") ->
         metrics.to_csv(out.with_suffix(".csv"), index=False)
         out.write_text(json.dumps({"timings": timings}))
     finally:
-        spark.stop()
+        stop_session(spark)
 
 
 def summarise(frames: list[pd.DataFrame], k: int = 10) -> tuple[pd.DataFrame, dict]:

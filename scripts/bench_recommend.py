@@ -54,7 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dser_spark import pipeline, recommend, sequence_model, tables  # noqa: E402
 from dser_spark.config import Config, ModelConfig, RecommendConfig, load_config  # noqa: E402
 from dser_spark.model import DSER, Inputs  # noqa: E402
-from dser_spark.session import build_session  # noqa: E402
+from dser_spark.session import build_session, stop_session  # noqa: E402
 from dser_spark.artifacts import Trained, load_artifacts, model_bytes, save_artifacts  # noqa: E402
 from dser_spark.coldstart import newest_first  # noqa: E402
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
           f"kernel_efficiency={kernel_gflops / mm1:.3f} spark_overhead={ratio('a', 'd')} "
           f"attention_speedup_vs_als={ratio('c', 'e')} attention_vs_bare={ratio('e', 'f')} "
           f"attention_encoding_speedup_vs_als={ratio('c', 'g')}")
-    spark.stop()
+    stop_session(spark)
     return 0
 
 

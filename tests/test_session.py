@@ -1,10 +1,12 @@
 """Session set-up: spark-submit's settings win; one-machine conveniences only for local masters."""
+import os
+import subprocess
 import sys
 
 import pytest
 
 from dser_spark.config import load_config
-from dser_spark.session import is_local, metastore_dir, plan
+from dser_spark.session import ARCHIVE, class_archive, is_local, metastore_dir, plan
 
 DERBY = "spark.hadoop.javax.jdo.option.ConnectionURL"
 
@@ -52,3 +54,77 @@ def test_derby_cannot_live_on_a_remote_warehouse(tmp_path, monkeypatch):
     assert metastore_dir(load_config(None, ["warehouse.root=s3a://bucket/dser"])) == f"{tmp_path}/metastore_db"
     assert metastore_dir(load_config(None, ["warehouse.root=file:///data/wh"])) == "/data/wh/metastore_db"
     assert metastore_dir(load_config(None, ["warehouse.root=s3a://b/d", "warehouse.metastore=/meta"])) == "/meta"
+
+
+JAVA_OPTS = "spark.driver.extraJavaOptions"
+
+
+def test_the_driver_jvm_records_a_class_archive_when_there_is_none_and_starts_from_it_after(tmp_path):
+    cache = tmp_path / "cache"
+    first = class_archive(str(cache))
+    assert first.part is not None and first.part.parent == cache and f".{os.getpid()}." in first.part.name
+    assert first.java_option().startswith(f"-XX:ArchiveClassesAtExit={first.part} ")
+    first.path.write_bytes(b"recorded")
+    second = class_archive(str(cache))
+    assert second.path == first.path and second.part is None
+    assert second.java_option().startswith(f"-XX:SharedArchiveFile={first.path} ")
+    assert class_archive("") is None
+    assert class_archive(str(cache), "/opt/extra.jar").path != first.path  # another class path, another archive
+
+
+def test_parts_left_by_dead_processes_are_removed(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = tmp_path / f"{ARCHIVE}k.{dead.pid}.part", tmp_path / f"{ARCHIVE}k.{os.getpid()}.part"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    class_archive(str(tmp_path))
+    assert not stale.exists() and live.exists()
+
+
+def test_only_a_local_driver_jvm_that_python_starts_gets_a_class_archive(tmp_path):
+    local = [f"warehouse.root={tmp_path}/wh", f"spark.class_cache={tmp_path}/cache"]
+    assert "-XX:ArchiveClassesAtExit" in plan(load_config(None, local), {}).settings[JAVA_OPTS]
+    submitted = plan(load_config(None, local), {"spark.master": "local[2]"})  # spark-submit started the JVM
+    assert submitted.class_archive is None and "ArchiveClasses" not in submitted.settings.get(JAVA_OPTS, "")
+    cluster = plan(load_config(None, local + ["spark.master=yarn"]), {})
+    assert cluster.class_archive is None and "Archive" not in cluster.settings[JAVA_OPTS]
+    own = plan(load_config(None, local + [f"spark.conf.{JAVA_OPTS}=-Xss4m"]), {})
+    assert own.class_archive is None and own.settings[JAVA_OPTS] == "-Xss4m"  # the user's options are theirs
+    assert plan(load_config(None, local + ["spark.class_cache="]), {}).class_archive is None
+
+
+SESSION_RUN = """
+import sys
+from dser_spark.config import load_config
+from dser_spark.logs import setup_logging
+from dser_spark.session import build_session, stop_session
+setup_logging()
+spark = build_session(load_config(None, sys.argv[1:]))
+assert spark.range(1000).selectExpr("sum(id) AS s").first()["s"] == 499500
+stop_session(spark)
+"""
+
+
+@pytest.mark.slow
+def test_a_real_driver_jvm_records_starts_from_and_survives_a_damaged_class_archive(tmp_path):
+    cache = tmp_path / "cache"
+    sets = [f"warehouse.root={tmp_path}/wh", f"spark.class_cache={cache}", "spark.master=local[1]"]
+
+    def run() -> str:
+        done = subprocess.run([sys.executable, "-c", SESSION_RUN, *sets], capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    assert "records the class archive" in run()
+    archives = list(cache.glob(f"{ARCHIVE}*.jsa"))
+    assert len(archives) == 1 and archives[0].stat().st_size > 10 * 2**20 and not list(cache.glob("*.part"))
+    second = run()
+    assert "starts from the class archive" in second and "could not start" not in second
+    whole = archives[0].read_bytes()
+    archives[0].chmod(0o644)
+    archives[0].write_bytes(whole[:len(whole) // 2])  # cut short: the JVM that maps it crashes
+    third = run()
+    assert "could not start from the class archive" in third and "records the class archive" in third
+    assert archives[0].stat().st_size > len(whole) // 2 and not list(tmp_path.glob("hs_err*"))
