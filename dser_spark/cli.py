@@ -99,7 +99,7 @@ def run_stage_command(cfg: Config, args: argparse.Namespace) -> int:
     from dser_spark.session import build_session, stop_session
 
     ours = SparkSession.getActiveSession() is None  # in tests, the session's own is reused and left running
-    spark = build_session(cfg)
+    spark = build_session(cfg, record_classes=True)
     try:
         loading.join()
         return _run_stage(spark, cfg, args)

@@ -8,10 +8,10 @@ to loopback, an embedded Derby metastore and a local warehouse directory) apply
 only to ``local*`` masters; on a cluster its own settings (hive-site.xml,
 spark-defaults.conf, ``spark.pyspark.python``) are left alone.
 
-A driver JVM that Python starts on a local master also keeps a class-data-sharing
-(AppCDS) archive in ``spark.class_cache``: the first run records the classes it
-loaded as it exits (``stop_session``), later runs map them instead of loading and
-verifying them again (``ClassArchive``).
+A driver JVM that Python starts on a local master also starts from a class-data-sharing
+(AppCDS) archive in ``spark.class_cache``, mapping Spark's classes instead of loading and
+verifying them again (``ClassArchive``). The CLI's first run records it: its JVM writes
+the classes it loaded as it exits (``stop_session``).
 """
 from __future__ import annotations
 
@@ -126,9 +126,9 @@ def _remove_stale_parts(directory: Path) -> None:
             part.unlink(missing_ok=True)
 
 
-def class_archive(cache: str, extra_class_path: str = "") -> ClassArchive | None:
-    """The archive in ``cache`` to start from, or to record if there is none yet (None: off, no java, or the
-    directory cannot be written)."""
+def class_archive(cache: str, extra_class_path: str = "", record: bool = False) -> ClassArchive | None:
+    """The archive in ``cache`` to start from, or, with ``record``, to record if there is none yet (None: off, no
+    java, nothing to start from and not recording, or the directory cannot be written)."""
     java = _java()
     if not cache or java is None:
         return None
@@ -137,6 +137,8 @@ def class_archive(cache: str, extra_class_path: str = "") -> ClassArchive | None
     path = directory / f"{ARCHIVE}{key}.jsa"
     if path.is_file():
         return ClassArchive(path)
+    if not record:
+        return None
     try:
         directory.mkdir(parents=True, exist_ok=True)
         _remove_stale_parts(directory)
@@ -156,8 +158,9 @@ class SessionPlan:
     class_archive: ClassArchive | None = None
 
 
-def plan(cfg: Config, submitted: dict[str, str]) -> SessionPlan:
-    """The session's settings for ``cfg``; keys spark-submit set are left to it."""
+def plan(cfg: Config, submitted: dict[str, str], record_classes: bool = False) -> SessionPlan:
+    """The session's settings for ``cfg``; keys spark-submit set are left to it. ``record_classes``: a local
+    driver JVM with no class archive to start from records one (see ``stop_session``)."""
     master = submitted.get("spark.master", cfg.spark.master)
     settings = {"spark.sql.session.timeZone": "UTC", "spark.python.worker.faulthandler.enabled": "true",
                 "spark.ui.showConsoleProgress": "false", **cfg.spark.conf}
@@ -177,19 +180,22 @@ def plan(cfg: Config, submitted: dict[str, str]) -> SessionPlan:
             java_opts.append(f"-Dderby.system.home={Path(meta).parent}")
     archive = None
     if is_local(master) and not submitted and "spark.driver.extraJavaOptions" not in settings:
-        archive = class_archive(cfg.spark.class_cache, settings.get("spark.driver.extraClassPath", ""))
+        archive = class_archive(cfg.spark.class_cache, settings.get("spark.driver.extraClassPath", ""),
+                                record_classes)
         java_opts += [archive.java_option()] if archive else []
     settings.setdefault("spark.driver.extraJavaOptions", " ".join(java_opts))
     return SessionPlan(None if "spark.master" in submitted else master,
                        {k: v for k, v in settings.items() if k not in submitted}, environment, archive)
 
 
-def build_session(cfg: Config) -> SparkSession:
-    """Create (or reuse) the session; spark-submit's --master/--conf win over ``cfg``."""
+def build_session(cfg: Config, record_classes: bool = False) -> SparkSession:
+    """Create (or reuse) the session; spark-submit's --master/--conf win over ``cfg``. With ``record_classes``
+    (the CLI, which stops it with ``stop_session``), a new local driver JVM records a class archive if there
+    is none to start from."""
     active = SparkSession.getActiveSession()
     if active is not None:
         return active
-    p = plan(cfg, submitted_conf())
+    p = plan(cfg, submitted_conf(), record_classes)
     for key, value in p.environment.items():
         os.environ.setdefault(key, value)
     if "spark.hadoop.javax.jdo.option.ConnectionURL" in p.settings:
@@ -203,7 +209,7 @@ def build_session(cfg: Config) -> SparkSession:
         log.warning("spark: the driver JVM could not start from the class archive %s (damaged?): it is removed "
                     "and the JVM starts without it", archive.path)
         archive.path.unlink(missing_ok=True)
-        spark = _start(cfg, plan(cfg, {}))
+        spark = _start(cfg, plan(cfg, {}, record_classes))
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     quiet_libraries()
     log.info("spark: master %s, %d cores by default", spark.sparkContext.master,

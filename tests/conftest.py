@@ -17,7 +17,7 @@ def spark(tmp_path_factory):
         "spark.master=local[2]",
         "spark.conf.spark.sql.shuffle.partitions=4",
         "spark.conf.spark.driver.memory=2g",
-        "spark.class_cache=",  # the suite's own session keeps no class archive (the CLI runs it starts do)
+        "spark.class_cache=",  # the suite's own JVM neither starts from nor records a class archive
         f"warehouse.metastore={meta}",
         f"warehouse.root={meta.parent / 'unused'}",
     ])

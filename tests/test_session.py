@@ -61,15 +61,16 @@ JAVA_OPTS = "spark.driver.extraJavaOptions"
 
 def test_the_driver_jvm_records_a_class_archive_when_there_is_none_and_starts_from_it_after(tmp_path):
     cache = tmp_path / "cache"
-    first = class_archive(str(cache))
+    assert class_archive(str(cache)) is None  # nothing to start from, and only the CLI records
+    first = class_archive(str(cache), record=True)
     assert first.part is not None and first.part.parent == cache and f".{os.getpid()}." in first.part.name
     assert first.java_option().startswith(f"-XX:ArchiveClassesAtExit={first.part} ")
     first.path.write_bytes(b"recorded")
-    second = class_archive(str(cache))
+    second = class_archive(str(cache), record=True)
     assert second.path == first.path and second.part is None
     assert second.java_option().startswith(f"-XX:SharedArchiveFile={first.path} ")
-    assert class_archive("") is None
-    assert class_archive(str(cache), "/opt/extra.jar").path != first.path  # another class path, another archive
+    assert class_archive(str(cache)) == second and class_archive("", record=True) is None
+    assert class_archive(str(cache), "/opt/extra.jar", True).path != first.path  # another class path, another archive
 
 
 def test_parts_left_by_dead_processes_are_removed(tmp_path):
@@ -78,20 +79,21 @@ def test_parts_left_by_dead_processes_are_removed(tmp_path):
     stale, live = tmp_path / f"{ARCHIVE}k.{dead.pid}.part", tmp_path / f"{ARCHIVE}k.{os.getpid()}.part"
     stale.write_bytes(b"x")
     live.write_bytes(b"x")
-    class_archive(str(tmp_path))
+    class_archive(str(tmp_path), record=True)
     assert not stale.exists() and live.exists()
 
 
 def test_only_a_local_driver_jvm_that_python_starts_gets_a_class_archive(tmp_path):
     local = [f"warehouse.root={tmp_path}/wh", f"spark.class_cache={tmp_path}/cache"]
-    assert "-XX:ArchiveClassesAtExit" in plan(load_config(None, local), {}).settings[JAVA_OPTS]
-    submitted = plan(load_config(None, local), {"spark.master": "local[2]"})  # spark-submit started the JVM
+    assert "-XX:ArchiveClassesAtExit" in plan(load_config(None, local), {}, True).settings[JAVA_OPTS]
+    assert plan(load_config(None, local), {}).class_archive is None  # records only when asked (the CLI)
+    submitted = plan(load_config(None, local), {"spark.master": "local[2]"}, True)  # spark-submit started the JVM
     assert submitted.class_archive is None and "ArchiveClasses" not in submitted.settings.get(JAVA_OPTS, "")
-    cluster = plan(load_config(None, local + ["spark.master=yarn"]), {})
+    cluster = plan(load_config(None, local + ["spark.master=yarn"]), {}, True)
     assert cluster.class_archive is None and "Archive" not in cluster.settings[JAVA_OPTS]
-    own = plan(load_config(None, local + [f"spark.conf.{JAVA_OPTS}=-Xss4m"]), {})
+    own = plan(load_config(None, local + [f"spark.conf.{JAVA_OPTS}=-Xss4m"]), {}, True)
     assert own.class_archive is None and own.settings[JAVA_OPTS] == "-Xss4m"  # the user's options are theirs
-    assert plan(load_config(None, local + ["spark.class_cache="]), {}).class_archive is None
+    assert plan(load_config(None, local + ["spark.class_cache="]), {}, True).class_archive is None
 
 
 SESSION_RUN = """
@@ -100,7 +102,7 @@ from dser_spark.config import load_config
 from dser_spark.logs import setup_logging
 from dser_spark.session import build_session, stop_session
 setup_logging()
-spark = build_session(load_config(None, sys.argv[1:]))
+spark = build_session(load_config(None, sys.argv[1:]), record_classes=True)
 assert spark.range(1000).selectExpr("sum(id) AS s").first()["s"] == 499500
 stop_session(spark)
 """
