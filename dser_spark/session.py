@@ -22,7 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pyspark import SparkConf, SparkContext
@@ -37,6 +37,7 @@ log = logging.getLogger("dser_spark")
 LOG4J = Path(__file__).with_name("log4j2.properties")
 METASTORE_KEYS = ("spark.hadoop.javax.jdo.option.ConnectionURL", "spark.hadoop.hive.metastore.uris",
                   "hive.metastore.uris")
+JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 ARCHIVE = "spark-driver-"  # file name prefix of the class archives in spark.class_cache
 ARCHIVE_WAIT_S = 120  # how long stop_session waits for a recording JVM to write its archive and exit
 
@@ -179,11 +180,11 @@ def plan(cfg: Config, submitted: dict[str, str], record_classes: bool = False) -
             settings.setdefault("spark.sql.warehouse.dir", str(Path(meta).parent / "spark-warehouse"))
             java_opts.append(f"-Dderby.system.home={Path(meta).parent}")
     archive = None
-    if is_local(master) and not submitted and "spark.driver.extraJavaOptions" not in settings:
+    if is_local(master) and not submitted and JAVA_OPTIONS not in settings:
         archive = class_archive(cfg.spark.class_cache, settings.get("spark.driver.extraClassPath", ""),
                                 record_classes)
         java_opts += [archive.java_option()] if archive else []
-    settings.setdefault("spark.driver.extraJavaOptions", " ".join(java_opts))
+    settings.setdefault(JAVA_OPTIONS, " ".join(java_opts))
     return SessionPlan(None if "spark.master" in submitted else master,
                        {k: v for k, v in settings.items() if k not in submitted}, environment, archive)
 
@@ -206,10 +207,11 @@ def build_session(cfg: Config, record_classes: bool = False) -> SparkSession:
         archive = p.class_archive
         if archive is None or archive.part is not None:
             raise
-        log.warning("spark: the driver JVM could not start from the class archive %s (damaged?): it is removed "
-                    "and the JVM starts without it", archive.path)
+        options = p.settings[JAVA_OPTIONS].replace(f" {archive.java_option()}", "")
+        spark = _start(cfg, replace(p, settings={**p.settings, JAVA_OPTIONS: options}, class_archive=None))
+        log.warning("spark: the driver JVM could not start from the class archive %s but starts without it: the "
+                    "archive is damaged and removed (the next run records a new one)", archive.path)
         archive.path.unlink(missing_ok=True)
-        spark = _start(cfg, plan(cfg, {}, record_classes))
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     quiet_libraries()
     log.info("spark: master %s, %d cores by default", spark.sparkContext.master,

@@ -127,6 +127,6 @@ def test_a_real_driver_jvm_records_starts_from_and_survives_a_damaged_class_arch
     whole = archives[0].read_bytes()
     archives[0].chmod(0o644)
     archives[0].write_bytes(whole[:len(whole) // 2])  # cut short: the JVM that maps it crashes
-    third = run()
-    assert "could not start from the class archive" in third and "records the class archive" in third
-    assert archives[0].stat().st_size > len(whole) // 2 and not list(tmp_path.glob("hs_err*"))
+    third = run()  # starts again without it, and removes it
+    assert "could not start from the class archive" in third and not archives[0].exists()
+    assert not list(tmp_path.glob("hs_err*"))  # the crash report is kept beside the archives, not here
