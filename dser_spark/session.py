@@ -40,6 +40,7 @@ METASTORE_KEYS = ("spark.hadoop.javax.jdo.option.ConnectionURL", "spark.hadoop.h
 JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 ARCHIVE = "spark-driver-"  # file name prefix of the class archives in spark.class_cache
 ARCHIVE_WAIT_S = 120  # how long stop_session waits for a recording JVM to write its archive and exit
+ARCHIVE_KEEP_DAYS = 30  # other archives (another venv, java or Spark) not started from for this long are removed
 
 
 def is_local(master: str) -> bool:
@@ -74,10 +75,11 @@ def metastore_dir(cfg: Config) -> str:
 class ClassArchive:
     """The driver JVM's class-data-sharing archive for one java and one Spark class path.
 
-    The JVM starts from ``path`` when it exists. Otherwise it records the classes it
+    The JVM starts from ``path`` when it exists, and must use it (``-Xshare:on``): an
+    archive it cannot use (damaged, or another java or class path) stops it at start, and
+    ``build_session`` starts it again without. Otherwise the JVM records the classes it
     loaded into ``part`` as it exits, and ``stop_session`` renames ``part`` to ``path``;
-    a JVM that is killed leaves a stale part, removed by a later run. A JVM that cannot
-    use an archive (another java or class path) starts without it.
+    a JVM that is killed leaves a stale part, removed by a later run.
     """
 
     path: Path
@@ -86,7 +88,7 @@ class ClassArchive:
     def java_option(self) -> str:
         if self.part:  # quiet: the dump lists every class it cannot keep (generated, signed jars) as a warning
             return f"-XX:ArchiveClassesAtExit={self.part} -Xlog:cds=off,cds+dynamic=off"
-        return f"-XX:SharedArchiveFile={self.path} -XX:ErrorFile={self.path.parent}/hs_err_pid%p.log"
+        return f"-XX:SharedArchiveFile={self.path} -Xshare:on -XX:ErrorFile={self.path.parent}/hs_err_pid%p.log"
 
 
 _recording: ClassArchive | None = None  # the archive this process's driver JVM records as it exits
@@ -100,12 +102,15 @@ def _java() -> Path | None:
 
 
 def _class_path_key(java: Path, extra_class_path: str) -> str:
-    """A name for what an archive depends on: the java binary, Spark's jars and the extra class path."""
+    """A name for what an archive depends on: the java binary, Spark's jars (where they are, too: the class
+    path is checked by path) and the extra class path."""
     from pyspark import __version__
     from pyspark.find_spark_home import _find_spark_home
 
-    parts = [__version__, str(java), str(java.stat().st_size), str(java.stat().st_mtime_ns), extra_class_path]
-    parts += [f"{jar.name}:{jar.stat().st_size}" for jar in sorted(Path(_find_spark_home(), "jars").glob("*.jar"))]
+    jars = Path(_find_spark_home(), "jars").resolve()
+    parts = [__version__, str(java), str(java.stat().st_size), str(java.stat().st_mtime_ns), extra_class_path,
+             str(jars)]
+    parts += [f"{jar.name}:{jar.stat().st_size}" for jar in sorted(jars.glob("*.jar"))]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
@@ -127,6 +132,14 @@ def _remove_stale_parts(directory: Path) -> None:
             part.unlink(missing_ok=True)
 
 
+def _remove_unused_archives(directory: Path, kept: Path) -> None:
+    """Archives but ``kept`` that no run has started from for ``ARCHIVE_KEEP_DAYS`` (an old java or Spark)."""
+    oldest = time.time() - ARCHIVE_KEEP_DAYS * 86400
+    for old in directory.glob(f"{ARCHIVE}*.jsa"):
+        if old != kept and old.stat().st_mtime < oldest:
+            old.unlink(missing_ok=True)
+
+
 def class_archive(cache: str, extra_class_path: str = "", record: bool = False) -> ClassArchive | None:
     """The archive in ``cache`` to start from, or, with ``record``, to record if there is none yet (None: off, no
     java, nothing to start from and not recording, or the directory cannot be written)."""
@@ -137,6 +150,7 @@ def class_archive(cache: str, extra_class_path: str = "", record: bool = False) 
     key = _class_path_key(java, extra_class_path)
     path = directory / f"{ARCHIVE}{key}.jsa"
     if path.is_file():
+        os.utime(path)  # started from: see _remove_unused_archives
         return ClassArchive(path)
     if not record:
         return None
@@ -209,8 +223,9 @@ def build_session(cfg: Config, record_classes: bool = False) -> SparkSession:
             raise
         options = p.settings[JAVA_OPTIONS].replace(f" {archive.java_option()}", "")
         spark = _start(cfg, replace(p, settings={**p.settings, JAVA_OPTIONS: options}, class_archive=None))
-        log.warning("spark: the driver JVM could not start from the class archive %s but starts without it: the "
-                    "archive is damaged and removed (the next run records a new one)", archive.path)
+        log.warning("spark: the driver JVM could not start from the class archive %s (damaged, or made for another "
+                    "java or Spark) but starts without it; the archive is removed and the next run records a new "
+                    "one", archive.path)
         archive.path.unlink(missing_ok=True)
     spark.sparkContext.setLogLevel(cfg.spark.log_level)
     quiet_libraries()
@@ -257,8 +272,6 @@ def stop_session(spark: SparkSession) -> None:
         archive.part.unlink(missing_ok=True)  # a partial archive would crash the JVM that maps it
         return
     os.replace(archive.part, archive.path)
-    for old in archive.path.parent.glob(f"{ARCHIVE}*.jsa"):
-        if old != archive.path:
-            old.unlink(missing_ok=True)  # another java or Spark: not usable by this one
+    _remove_unused_archives(archive.path.parent, archive.path)
     log.info("spark: the driver JVM's classes are kept in %s (%.0f MB, %.1f s): later runs start faster",
              archive.path, archive.path.stat().st_size / 2**20, time.monotonic() - started)

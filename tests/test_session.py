@@ -2,11 +2,12 @@
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from dser_spark.config import load_config
-from dser_spark.session import ARCHIVE, class_archive, is_local, metastore_dir, plan
+from dser_spark.session import ARCHIVE, _remove_unused_archives, class_archive, is_local, metastore_dir, plan
 
 DERBY = "spark.hadoop.javax.jdo.option.ConnectionURL"
 
@@ -68,7 +69,7 @@ def test_the_driver_jvm_records_a_class_archive_when_there_is_none_and_starts_fr
     first.path.write_bytes(b"recorded")
     second = class_archive(str(cache), record=True)
     assert second.path == first.path and second.part is None
-    assert second.java_option().startswith(f"-XX:SharedArchiveFile={first.path} ")
+    assert second.java_option().startswith(f"-XX:SharedArchiveFile={first.path} -Xshare:on ")
     assert class_archive(str(cache)) == second and class_archive("", record=True) is None
     assert class_archive(str(cache), "/opt/extra.jar", True).path != first.path  # another class path, another archive
 
@@ -81,6 +82,21 @@ def test_parts_left_by_dead_processes_are_removed(tmp_path):
     live.write_bytes(b"x")
     class_archive(str(tmp_path), record=True)
     assert not stale.exists() and live.exists()
+
+
+def test_archives_no_run_started_from_for_a_month_are_removed_when_another_is_kept(tmp_path):
+    kept, recent, old = (tmp_path / f"{ARCHIVE}{name}.jsa" for name in ("kept", "recent", "old"))
+    for path in (kept, recent, old):
+        path.write_bytes(b"x")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old, (month_ago, month_ago))
+    os.utime(kept, (month_ago, month_ago))
+    _remove_unused_archives(tmp_path, kept)
+    assert kept.exists() and recent.exists() and not old.exists()
+    real = class_archive(str(tmp_path), record=True)
+    real.path.write_bytes(b"x")
+    os.utime(real.path, (month_ago, month_ago))
+    assert class_archive(str(tmp_path)).path == real.path and real.path.stat().st_mtime > month_ago  # touched
 
 
 def test_only_a_local_driver_jvm_that_python_starts_gets_a_class_archive(tmp_path):
