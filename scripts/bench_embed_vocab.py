@@ -3,9 +3,10 @@
 
     python scripts/bench_embed_vocab.py [--docs 6667] [--length 150] [--epochs 3] [--vocabs 4000 12000 62000]
 
-Why `embed` grows faster than its ratings at scale. Each case trains the embed stage's Doc2Vec
-(PV-DBOW with item vectors, ``dbow_words=1``, window 5, 5 negatives, 64 dimensions, ``sample=0``,
-one worker) on the same number of documents and tokens: ``--docs`` sequences of ``--length`` items
+Why `embed` grows faster than its ratings at scale. Each case fits the embed stage's own Doc2Vec
+(``embed.train_sequence_model`` with the default ``EmbedConfig`` but ``--epochs``: PV-DBOW with item
+vectors, window 5, 5 negatives, 64 dimensions, one worker; vocabulary and training timed together)
+on the same number of documents and tokens: ``--docs`` sequences of ``--length`` items
 drawn from a power-law catalogue (popularity ~ 1 / rank^0.8) of each ``--vocabs`` size (1M ratings
 in the synthetic generator: 4k items; 5M: 12k; 25M: 62k). Only the catalogue changes, so any change
 of tokens per second is the per-token cost of a larger item table. Last line:
@@ -14,29 +15,30 @@ of tokens per second is the per-token cost of a larger item table. Last line:
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-from gensim.models.doc2vec import Doc2Vec, TaggedDocument
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dser_spark.config import EmbedConfig  # noqa: E402
+from dser_spark.embed import train_sequence_model  # noqa: E402
 
 
-def corpus(docs: int, length: int, vocab: int, seed: int) -> list[TaggedDocument]:
-    """``docs`` documents of ``length`` item tokens from a power-law catalogue of ``vocab`` items."""
+def sequences(docs: int, length: int, vocab: int, seed: int) -> list[np.ndarray]:
+    """``docs`` sequences of ``length`` item ids (1..``vocab``) from a power-law catalogue."""
     rng = np.random.default_rng(seed)
     popularity = 1.0 / np.arange(1, vocab + 1) ** 0.8
-    names = np.array([f"i{i}" for i in range(vocab)])
-    drawn = rng.choice(vocab, size=(docs, length), p=popularity / popularity.sum())
-    return [TaggedDocument(list(names[row]), [d]) for d, row in enumerate(drawn)]
+    return list(rng.choice(np.arange(1, vocab + 1), size=(docs, length), p=popularity / popularity.sum()))
 
 
-def tokens_per_second(documents: list[TaggedDocument], epochs: int) -> tuple[float, int]:
-    """Training speed of the embed stage's Doc2Vec settings (vocabulary built first, not timed)."""
-    model = Doc2Vec(vector_size=64, window=5, min_count=1, negative=5, hs=0, dm=0, dbow_words=1, epochs=epochs,
-                    workers=1, seed=1, sample=0)
-    model.build_vocab(documents)
+def tokens_per_second(seqs: list[np.ndarray], epochs: int) -> tuple[float, int]:
+    """Speed of the embed stage's Doc2Vec fit over ``seqs``, and the items it kept."""
     started = time.perf_counter()
-    model.train(documents, total_examples=len(documents), epochs=epochs)
-    tokens = sum(len(d.words) for d in documents) * epochs
+    model = train_sequence_model(np.arange(len(seqs)), seqs, EmbedConfig(epochs=epochs), seed=1)
+    tokens = sum(len(s) for s in seqs) * epochs
     return tokens / (time.perf_counter() - started), len(model.wv)
 
 
@@ -51,7 +53,7 @@ def main() -> None:
     print(f"{'catalogue':>10} {'items seen':>10} {'k tokens/s':>11} {'cost per token vs first':>24}")
     rates = {}
     for vocab in args.vocabs:
-        rate, seen = tokens_per_second(corpus(args.docs, args.length, vocab, seed=0), args.epochs)
+        rate, seen = tokens_per_second(sequences(args.docs, args.length, vocab, seed=0), args.epochs)
         rates[vocab] = rate
         print(f"{vocab:>10,} {seen:>10,} {rate / 1e3:>11,.0f} {rates[args.vocabs[0]] / rate:>24.2f}", flush=True)
     small, large = args.vocabs[0], args.vocabs[-1]

@@ -7,7 +7,9 @@ import time
 import pytest
 
 from dser_spark.config import load_config
-from dser_spark.session import ARCHIVE, _remove_unused_archives, class_archive, is_local, metastore_dir, plan
+from dser_spark.session import (
+    ARCHIVE, JAVA_OPTIONS as JAVA_OPTS, _remove_unused_archives, class_archive, is_local, metastore_dir, plan,
+)
 
 DERBY = "spark.hadoop.javax.jdo.option.ConnectionURL"
 
@@ -55,9 +57,6 @@ def test_derby_cannot_live_on_a_remote_warehouse(tmp_path, monkeypatch):
     assert metastore_dir(load_config(None, ["warehouse.root=s3a://bucket/dser"])) == f"{tmp_path}/metastore_db"
     assert metastore_dir(load_config(None, ["warehouse.root=file:///data/wh"])) == "/data/wh/metastore_db"
     assert metastore_dir(load_config(None, ["warehouse.root=s3a://b/d", "warehouse.metastore=/meta"])) == "/meta"
-
-
-JAVA_OPTS = "spark.driver.extraJavaOptions"
 
 
 def test_the_driver_jvm_records_a_class_archive_when_there_is_none_and_starts_from_it_after(tmp_path):
