@@ -49,11 +49,6 @@ class SparkConfig:
         {"spark.sql.shuffle.partitions": "8", "spark.ui.enabled": "false", "spark.driver.memory": "4g",
          "spark.sql.execution.arrow.pyspark.enabled": "true"},
         "extra Spark settings, merged over these defaults (`--set spark.conf.spark.x.y=v`)")
-    jit: Literal["auto", "quick", "full"] = setting(
-        "auto", "local masters started from Python: how the driver JVM, which runs the tasks, compiles hot code: "
-                "`quick` (C1 only: a small night spends ~40 s of CPU on C2 compiles it never repays), `full` (the "
-                "JVM's default, faster on millions of ratings), `auto`: `quick` when `data.path` is local files "
-                "of at most 8 MB in all (ml-100k's are 2 MB, ML-1M's 45 MB), else `full`")
     class_cache: str = setting("~/.cache/dser-spark", "local masters started from Python: where the driver JVM "
                                                       "keeps its class-data-sharing archive (the first run "
                                                       "records the classes Spark loads, ~210 MB; later runs "

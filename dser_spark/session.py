@@ -11,8 +11,7 @@ spark-defaults.conf, ``spark.pyspark.python``) are left alone.
 A driver JVM that Python starts on a local master also starts from a class-data-sharing
 (AppCDS) archive in ``spark.class_cache``, mapping Spark's classes instead of loading and
 verifying them again (``ClassArchive``). The CLI's first run records it: its JVM writes
-the classes it loaded as it exits (``stop_session``). On a small source that JVM compiles
-with C1 only (``spark.jit``): C2's compiles cost a short run more CPU than they save.
+the classes it loaded as it exits (``stop_session``).
 """
 from __future__ import annotations
 
@@ -42,8 +41,6 @@ JAVA_OPTIONS = "spark.driver.extraJavaOptions"
 ARCHIVE = "spark-driver-"  # file name prefix of the class archives in spark.class_cache
 ARCHIVE_WAIT_S = 120  # how long stop_session waits for a recording JVM to write its archive and exit
 ARCHIVE_KEEP_DAYS = 30  # other archives (another venv, java or Spark) not started from for this long are removed
-QUICK_JIT = "-XX:TieredStopAtLevel=1 -Xss16m"  # C1 only; its frames are deeper (ALS's scoring job overflowed 1 MB)
-QUICK_JIT_MAX_BYTES = 8 * 2**20  # spark.jit auto: a local source of at most this many bytes compiles quick
 
 
 def is_local(master: str) -> bool:
@@ -166,33 +163,6 @@ def class_archive(cache: str, extra_class_path: str = "", record: bool = False) 
     return ClassArchive(path, directory / f"{ARCHIVE}{key}.{os.getpid()}.part")
 
 
-def local_source_bytes(cfg: Config) -> int | None:
-    """Bytes of the files ``prepare`` would read when ``data.path`` is local (``builtin:`` data: in its
-    wheel), else None (a Hadoop URI or a catalog table)."""
-    from dser_spark.prepare.locate import BUILTIN, BUILTIN_FILES, to_uri, wheel_directory
-
-    if cfg.data.format == "table":
-        return None
-    if cfg.data.path.startswith("builtin:"):
-        if cfg.data.path.removeprefix("builtin:") not in BUILTIN:
-            return None  # prepare names the error
-        local = wheel_directory(cfg.data.path)
-        return sum(f.stat().st_size for pattern in BUILTIN_FILES for f in local.glob(pattern))
-    uri = to_uri(cfg.data.path)
-    root = Path(uri.removeprefix("file://").removeprefix("file:"))
-    if not uri.startswith("file:") or not root.is_dir():
-        return None
-    return sum(f.stat().st_size for f in root.rglob("*") if f.is_file())
-
-
-def quick_jit(cfg: Config) -> bool:
-    """``spark.jit``, with ``auto`` resolved: quick for a local source of at most ``QUICK_JIT_MAX_BYTES``."""
-    if cfg.spark.jit != "auto":
-        return cfg.spark.jit == "quick"
-    size = local_source_bytes(cfg)
-    return size is not None and size <= QUICK_JIT_MAX_BYTES
-
-
 @dataclass
 class SessionPlan:
     """What ``build_session`` sets: the master (None: spark-submit's), settings, environment, class archive."""
@@ -225,7 +195,6 @@ def plan(cfg: Config, submitted: dict[str, str], record_classes: bool = False) -
             java_opts.append(f"-Dderby.system.home={Path(meta).parent}")
     archive = None
     if is_local(master) and not submitted and JAVA_OPTIONS not in settings:
-        java_opts += [QUICK_JIT] if quick_jit(cfg) else []
         archive = class_archive(cfg.spark.class_cache, settings.get("spark.driver.extraClassPath", ""),
                                 record_classes)
         java_opts += [archive.java_option()] if archive else []
