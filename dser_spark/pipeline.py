@@ -14,7 +14,7 @@ import torch
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dser_spark import (distributed, embed, evaluate, models, prepare, publish, recommend, report, runs, selection,
+from dser_spark import (embed, evaluate, models, prepare, publish, recommend, report, runs, selection,
                         sequences, tables)
 from dser_spark.artifacts import chosen_epochs, stored_history, stored_item_ids
 from dser_spark.config import Config, from_dict
@@ -175,11 +175,12 @@ def _embed_on_driver(spark: SparkSession, cfg: Config, data: WarehouseData, univ
                      scopes: list[str]) -> tuple[DataFrame, DataFrame]:
     """(``embed.SEQUENCE_ROWS``, ``embed.CONTENT_ROWS``) from fits on the driver.
 
-    The fits are independent and each single-threaded by default, so they run side by side on the driver's
-    cores (each as reproducible as alone: seeded, ``embed.workers`` threads)."""
+    The fits are independent and each single-threaded by default, so they all run at once (each as
+    reproducible as alone: seeded, ``embed.workers`` threads): three equal fits and a small one on two cores
+    take ~1.5 times one fit, where two at a time take twice."""
     items = data.table("items").toPandas().set_index("item_id").reindex(universe).reset_index()
     inputs = {scope: data.scope_sequences(scope) for scope in scopes}
-    with ThreadPoolExecutor(_driver_cores(spark) // cfg.embed.workers or 1, thread_name_prefix="doc2vec") as pool:
+    with ThreadPoolExecutor(len(scopes) + 1, thread_name_prefix="doc2vec") as pool:
         fits = {scope: pool.submit(embed.embed_sequences, *inputs[scope], universe, cfg.embed, cfg.seed)
                 for scope in scopes}
         content_fit = pool.submit(embed.embed_content, items, cfg.embed, cfg.seed)
@@ -214,13 +215,6 @@ def _write(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> None:
     """``tables.write_table`` as a step of the running stage."""
     with runs.step(spark, f"write {name}"):
         tables.write_table(spark, cfg, df, name)
-
-
-def _driver_cores(spark: SparkSession) -> int:
-    """Cores the driver process may use: its local master's, else ``spark.driver.cores``."""
-    if distributed.is_local_master(spark.sparkContext.master):
-        return spark.sparkContext.defaultParallelism
-    return int(spark.conf.get("spark.driver.cores", "1"))
 
 
 def _to_spark(spark: SparkSession, pdf: pd.DataFrame, schema: str) -> DataFrame:
