@@ -173,19 +173,11 @@ def run_embed(spark: SparkSession, cfg: Config, dt: str, opts: Options) -> dict:
 
 def _embed_on_driver(spark: SparkSession, cfg: Config, data: WarehouseData, universe: np.ndarray,
                      scopes: list[str]) -> tuple[DataFrame, DataFrame]:
-    """(``embed.SEQUENCE_ROWS``, ``embed.CONTENT_ROWS``) from fits on the driver.
-
-    The fits are independent and each single-threaded by default, so they all run at once (each as
-    reproducible as alone: seeded, ``embed.workers`` threads): three equal fits and a small one on two cores
-    take ~1.5 times one fit, where two at a time take twice."""
+    """(``embed.SEQUENCE_ROWS``, ``embed.CONTENT_ROWS``) from fits on the driver, all at once."""
     items = data.table("items").toPandas().set_index("item_id").reindex(universe).reset_index()
-    inputs = {scope: data.scope_sequences(scope) for scope in scopes}
-    with ThreadPoolExecutor(len(scopes) + 1, thread_name_prefix="doc2vec") as pool:
-        fits = {scope: pool.submit(embed.embed_sequences, *inputs[scope], universe, cfg.embed, cfg.seed)
-                for scope in scopes}
-        content_fit = pool.submit(embed.embed_content, items, cfg.embed, cfg.seed)
-        rows, content = pd.concat([embed.sequence_rows(scope, f.result()) for scope, f in fits.items()]), \
-            content_fit.result()
+    fits, content = embed.embed_all({scope: data.scope_sequences(scope) for scope in scopes}, items, universe,
+                                    cfg.embed, cfg.seed)
+    rows = pd.concat([embed.sequence_rows(scope, fit) for scope, fit in fits.items()])
     content_rows = pd.DataFrame({"item_id": universe.astype(np.int32), "vector": list(content)})
     return _to_spark(spark, rows, embed.SEQUENCE_ROWS), _to_spark(spark, content_rows, embed.CONTENT_ROWS)
 
