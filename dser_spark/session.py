@@ -221,8 +221,7 @@ def build_session(cfg: Config, record_classes: bool = False) -> SparkSession:
         archive = p.class_archive
         if archive is None or archive.part is not None:
             raise
-        options = p.settings[JAVA_OPTIONS].replace(f" {archive.java_option()}", "")
-        spark = _start(cfg, replace(p, settings={**p.settings, JAVA_OPTIONS: options}, class_archive=None))
+        spark = _start(cfg, plan(replace(cfg, spark=replace(cfg.spark, class_cache="")), {}))  # the archive off
         log.warning("spark: the driver JVM could not start from the class archive %s (damaged, or made for another "
                     "java or Spark) but starts without it; the archive is removed and the next run records a new "
                     "one", archive.path)
