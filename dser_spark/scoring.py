@@ -26,6 +26,7 @@ from dser_spark.ids import lookup
 from dser_spark.model import DSER
 
 _DEFAULT_L2 = 1 << 20
+TOP_CHUNK = 64  # columns per chunk whose maximum prunes the top-K (block_top)
 _EMPTY = np.empty(0, dtype=np.int64)
 T = TypeVar("T")
 
@@ -146,6 +147,36 @@ class Kernel:
 # ------------------------------------------------------------------- top-K
 def block_top(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact top-``k`` set of each row (values, columns); among equal values the lower column wins.
+
+    Wide rows are pruned first: the maximum of each chunk of ``TOP_CHUNK``
+    columns is one vectorised pass, and the top-``k`` values can only lie in
+    the ``k`` chunks with the largest maxima (or in the columns after the last
+    whole chunk), because ``k`` values are at least the ``k``-th largest
+    maximum. Rows where another chunk ties that maximum, or with fewer than
+    ``k`` finite chunks, are ranked over all their columns.
+    """
+    rows, n = logits.shape
+    chunks = n // TOP_CHUNK
+    if chunks < 16 * k:
+        return _sorted_top(logits, k)
+    whole = chunks * TOP_CHUNK
+    maxima = logits[:, :whole].view(rows, chunks, TOP_CHUNK).amax(2)
+    picked = torch.topk(maxima, k, dim=1).indices.sort(dim=1).values  # ascending: ties keep the lower column
+    cols = (picked[:, :, None] * TOP_CHUNK + torch.arange(TOP_CHUNK)).view(rows, k * TOP_CHUNK)
+    if whole < n:
+        cols = torch.cat([cols, torch.arange(whole, n).expand(rows, n - whole)], 1)
+    vals, found = _sorted_top(logits.gather(1, cols), k)
+    cols = cols.gather(1, found)
+    threshold = maxima.gather(1, picked).amin(1, keepdim=True)
+    unsure = ((maxima >= threshold).sum(1) > k) | ~torch.isfinite(threshold[:, 0])
+    if bool(unsure.any()):
+        again = unsure.nonzero().squeeze(1)
+        vals[again], cols[again] = _sorted_top(logits[again], k)
+    return vals, cols
+
+
+def _sorted_top(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``block_top`` over every column.
 
     ``topk`` of k + 1 shows whether the k-th value ties with the next one;
     only rows with such a tie at the boundary are stably sorted in full.

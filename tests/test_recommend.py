@@ -10,7 +10,7 @@ from dser_spark.config import Config, EmbedConfig, ModelConfig, RecommendConfig
 from dser_spark.model import DSER, Inputs, window_means
 from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, candidate_items, group_histories,
                                   id_list, recommend_all, user_histories)
-from dser_spark.scoring import block_top, merge_top
+from dser_spark.scoring import TOP_CHUNK, block_top, merge_top
 
 N_USERS, N_ITEMS = 9, 50
 
@@ -88,6 +88,25 @@ def test_block_top_and_merge_break_ties_by_column():
     best = (torch.tensor([[3.0, 1.0]]), torch.tensor([[5, 0]]))
     merged = merge_top(best, (torch.tensor([[3.0, 3.0, 9.0]]), torch.tensor([[8, 6, 7]])), 3)
     assert merged[1].tolist() == [[7, 5, 6]] and merged[0].tolist() == [[9.0, 3.0, 3.0]]
+
+
+@pytest.mark.parametrize("case", range(40))
+def test_pruned_block_top_equals_a_stable_sort_of_wide_rows(case):
+    """Rows wide enough to be pruned by chunk maxima (some with a partial last chunk), with ties at every
+    level and excluded (-inf) columns, some rows with fewer than k finite values: the top-k set, ordered by
+    (value, column), is that of a stable descending sort."""
+    g = torch.Generator().manual_seed(case)
+    k = int(torch.randint(1, 12, (1,), generator=g))
+    n = TOP_CHUNK * 16 * k + int(torch.randint(0, 3 * TOP_CHUNK, (1,), generator=g))
+    levels = [3, 50, 10 ** 6][case % 3]  # few distinct values: ties everywhere; many: almost none
+    logits = torch.randint(0, levels, (6, n), generator=g).float()
+    logits[torch.rand(6, n, generator=g) < torch.rand(6, 1, generator=g)] = -torch.inf
+    logits[0, k // 2:] = -torch.inf  # fewer than k finite values
+    got = merge_top((torch.empty((6, 0)), torch.empty((6, 0), dtype=torch.long)), block_top(logits, k), k)
+    vals, cols = torch.sort(logits, dim=1, descending=True, stable=True)
+    assert torch.equal(got[0], vals[:, :k])
+    finite = torch.isfinite(vals[:, :k])
+    assert torch.equal(got[1][finite], cols[:, :k][finite])
 
 
 def test_ties_are_broken_by_item_id_and_short_lists_are_allowed():
