@@ -26,7 +26,7 @@ from dser_spark import faults, tables
 from dser_spark.artifacts import Trained, load_from_bytes
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import OWN_FORMATS, Config, RecommendConfig
-from dser_spark.ids import lookup
+from dser_spark.ids import known_each, lookup
 from dser_spark.scoring import Kernel, on_worker, seen_columns, task_threads, top_k
 
 log = logging.getLogger("dser_spark")
@@ -109,7 +109,7 @@ class Serving:
         """User parts of the model's users ``idx``: their trained vectors, and the short-term state (the
         recent windows) computed from tonight's positives, not the ones stored at training time."""
         model = self.trained.model
-        items = [p[f] for p, f in (lookup(self.trained.item_ids, h) for h in positives)]
+        items = known_each(self.trained.item_ids, positives)
         users = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         return model.user_part(users, model.recent(newest_first(items, model.context_length), users))
 
@@ -185,8 +185,9 @@ def popularity(interactions: DataFrame) -> Popularity:
 
 
 def events(interactions: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame:
-    """(user_id, item_id, rating, t) rows hash-partitioned by user and sorted by (user, time, item) in each
-    partition, so every user's history arrives whole and in order.
+    """(user_id, item_id, rating) rows hash-partitioned by user and sorted by (user, time, item) in each
+    partition, so every user's history arrives whole and in order. The time only sorts: it does not cross
+    to Python (a quarter less to convert to Arrow).
 
     With ``users``, only theirs, plus one row without an item per asked user
     (so users without any interaction are still there).
@@ -197,7 +198,7 @@ def events(interactions: DataFrame, users: DataFrame | None, partitions: int) ->
         rows = rows.join(users, "user_id", "left_semi").unionByName(
             users.select("user_id", F.lit(None).cast("int").alias("item_id"), F.lit(None).cast("float").alias("rating"),
                          F.lit(None).cast("long").alias("t")))
-    return rows.repartition(partitions, "user_id").sortWithinPartitions("user_id", "t", "item_id")
+    return rows.repartition(partitions, "user_id").sortWithinPartitions("user_id", "t", "item_id").drop("t")
 
 
 class Histories(NamedTuple):

@@ -10,6 +10,7 @@ from dser_spark.config import Config, EmbedConfig, ModelConfig, RecommendConfig
 from dser_spark.model import DSER, Inputs, window_means
 from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, candidate_items, group_histories,
                                   id_list, recommend_all, user_histories)
+from dser_spark.ids import known_each
 from dser_spark.scoring import TOP_CHUNK, block_top, merge_top
 
 N_USERS, N_ITEMS = 9, 50
@@ -107,6 +108,13 @@ def test_pruned_block_top_equals_a_stable_sort_of_wide_rows(case):
     assert torch.equal(got[0], vals[:, :k])
     finite = torch.isfinite(vals[:, :k])
     assert torch.equal(got[1][finite], cols[:, :k][finite])
+
+
+def test_known_each_is_one_lookup_per_array():
+    ids = np.array([2, 5, 9, 11])
+    got = known_each(ids, [np.array([9, 3, 2]), np.array([], dtype=np.int64), np.array([4]), np.array([11, 5])])
+    assert [g.tolist() for g in got] == [[2, 0], [], [], [3, 1]]
+    assert known_each(ids, []) == []
 
 
 def test_ties_are_broken_by_item_id_and_short_lists_are_allowed():
