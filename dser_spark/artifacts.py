@@ -91,6 +91,11 @@ def stored_history(files: dict[str, bytes]) -> list[dict]:
     return json.loads(files["history.json"])
 
 
+def stored_config(files: dict[str, bytes]) -> Config:
+    """The config of ``model_bytes`` output, without building the model."""
+    return from_dict(yaml.safe_load(files["config.yaml"]))
+
+
 def stored_item_ids(files: dict[str, bytes]) -> np.ndarray:
     """The item ids (by dense index) of ``model_bytes`` output, without building the model."""
     return pd.read_parquet(io.BytesIO(files["item_index.parquet"]))["item_id"].to_numpy()

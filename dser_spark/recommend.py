@@ -23,7 +23,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dser_spark import faults, tables
-from dser_spark.artifacts import Trained, load_from_bytes
+from dser_spark.artifacts import Trained, load_from_bytes, stored_config
 from dser_spark.coldstart import inferred_user_parts, newest_first
 from dser_spark.config import OWN_FORMATS, Config, RecommendConfig
 from dser_spark.ids import known_each, lookup
@@ -42,6 +42,7 @@ class Popularity:
 
     item_ids: np.ndarray  # sorted
     counts: np.ndarray
+    lowest_rating: float = -np.inf  # of any interaction (-inf: not known)
 
     def counts_of(self, item_ids: np.ndarray) -> np.ndarray:
         """Counts aligned with ``item_ids`` (0 for items nobody interacted with)."""
@@ -179,15 +180,17 @@ def _worker_serving(key: str, payload, settings: RecommendConfig) -> Serving:
 
 
 def popularity(interactions: DataFrame) -> Popularity:
-    """Interaction counts per item (collected to the driver: one row per item)."""
-    counts = interactions.groupBy("item_id").count().toPandas().sort_values("item_id")  # Arrow: no Row objects
-    return Popularity(counts["item_id"].to_numpy(np.int64), counts["count"].to_numpy(np.int64))
+    """Interaction counts per item and the lowest rating (collected to the driver: one row per item)."""
+    counts = (interactions.groupBy("item_id").agg(F.count("*").alias("count"), F.min("rating").alias("lowest"))
+              .toPandas().sort_values("item_id"))  # Arrow: no Row objects
+    lowest = float(counts["lowest"].min()) if len(counts) else -np.inf
+    return Popularity(counts["item_id"].to_numpy(np.int64), counts["count"].to_numpy(np.int64), lowest)
 
 
-def events(interactions: DataFrame, users: DataFrame | None, partitions: int) -> DataFrame:
-    """(user_id, item_id, rating) rows hash-partitioned by user and sorted by (user, time, item) in each
-    partition, so every user's history arrives whole and in order. The time only sorts: it does not cross
-    to Python (a quarter less to convert to Arrow).
+def events(interactions: DataFrame, users: DataFrame | None, partitions: int, ratings: bool = True) -> DataFrame:
+    """(user_id, item_id[, rating]) rows hash-partitioned by user and sorted by (user, time, item) in each
+    partition, so every user's history arrives whole and in order. The time only sorts, and the rating is
+    left out when not needed: what does not cross to Python costs no Arrow conversion.
 
     With ``users``, only theirs, plus one row without an item per asked user
     (so users without any interaction are still there).
@@ -198,7 +201,8 @@ def events(interactions: DataFrame, users: DataFrame | None, partitions: int) ->
         rows = rows.join(users, "user_id", "left_semi").unionByName(
             users.select("user_id", F.lit(None).cast("int").alias("item_id"), F.lit(None).cast("float").alias("rating"),
                          F.lit(None).cast("long").alias("t")))
-    return rows.repartition(partitions, "user_id").sortWithinPartitions("user_id", "t", "item_id").drop("t")
+    rows = rows.repartition(partitions, "user_id").sortWithinPartitions("user_id", "t", "item_id")
+    return rows.select("user_id", "item_id", *(["rating"] if ratings else []))
 
 
 class Histories(NamedTuple):
@@ -206,17 +210,17 @@ class Histories(NamedTuple):
 
     user_ids: np.ndarray
     items: list[np.ndarray]
-    ratings: list[np.ndarray]
+    ratings: list[np.ndarray] | None  # None: every interaction is a positive
 
 
 def group_histories(rows: pd.DataFrame) -> Histories:
-    """Each user's items and ratings in time order, from ``events`` rows (which come sorted)."""
+    """Each user's items and ratings (if given) in time order, from ``events`` rows (which come sorted)."""
     users = rows["user_id"].to_numpy(np.int64)
     has_item = rows["item_id"].notna().to_numpy()
     user_ids = users[np.r_[True, users[1:] != users[:-1]]] if len(users) else users
     cuts = np.searchsorted(users[has_item], user_ids[1:])
-    return Histories(user_ids, np.split(rows["item_id"][has_item].to_numpy(np.int64), cuts),
-                     np.split(rows["rating"][has_item].to_numpy(np.float32), cuts))
+    ratings = np.split(rows["rating"][has_item].to_numpy(np.float32), cuts) if "rating" in rows else None
+    return Histories(user_ids, np.split(rows["item_id"][has_item].to_numpy(np.int64), cuts), ratings)
 
 
 def user_histories(batches: Iterator[pd.DataFrame], min_users: int) -> Iterator[Histories]:
@@ -253,8 +257,9 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
     thousand users at a time.
     """
     partitions = settings.partitions or spark.sparkContext.defaultParallelism
-    payload = spark.sparkContext.broadcast(
-        {"files": files, "popularity": popularity(interactions), "candidates": items})
+    counts = popularity(interactions)
+    every_one_positive = counts.lowest_rating >= stored_config(files).implicit.min_rating
+    payload = spark.sparkContext.broadcast({"files": files, "popularity": counts, "candidates": items})
     key = uuid.uuid4().hex
 
     def score(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -265,7 +270,7 @@ def recommend_all(spark: SparkSession, files: dict[str, bytes], interactions: Da
             faults.maybe_fail("recommend")  # a test hook: fails once, after real work, when asked to
             yield scored
 
-    return events(interactions, users, partitions).mapInPandas(score, RECS_SCHEMA)
+    return events(interactions, users, partitions, ratings=not every_one_positive).mapInPandas(score, RECS_SCHEMA)
 
 
 def id_list(spark: SparkSession, cfg: Config, spec: str, ids: list[int | str], column: str) -> DataFrame | None:

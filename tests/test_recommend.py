@@ -6,7 +6,7 @@ import torch
 
 from dser_spark.artifacts import Trained, model_bytes, save_artifacts
 from dser_spark.coldstart import infer_vectors, vector_user_parts
-from dser_spark.config import Config, EmbedConfig, ModelConfig, RecommendConfig
+from dser_spark.config import Config, EmbedConfig, ImplicitConfig, ModelConfig, RecommendConfig
 from dser_spark.model import DSER, Inputs, window_means
 from dser_spark.recommend import (INFERRED, MODEL, POPULAR, Popularity, Serving, candidate_items, group_histories,
                                   id_list, recommend_all, user_histories)
@@ -219,23 +219,30 @@ def test_histories_stream_whole_users_across_batches():
         assert all(len(c.user_ids) >= 2 for c in chunks[:-1])
 
 
-def test_recommend_all_through_spark_matches_in_process(spark, tmp_path):
+@pytest.mark.parametrize("min_rating", [0.0, 3.0])
+def test_recommend_all_through_spark_matches_in_process(spark, tmp_path, min_rating):
+    """Ratings 1..5: with the model's ``implicit.min_rating`` 0 every interaction is a positive (the ratings
+    stay in the JVM); with 3 the low ratings are excluded but leave the user's state."""
     trained = _trained(seed=7)
-    trained.config = Config(embed=EmbedConfig(epochs=3))
+    trained.config = Config(embed=EmbedConfig(epochs=3), implicit=ImplicitConfig(min_rating=min_rating))
     save_artifacts(trained, trained.config, tmp_path / "m")
-    rows = [(int(u), int(i), j) for u in [*trained.user_ids, 555] for j, i in
+    rows = [(int(u), int(i), j, float(1 + (j * 3 + int(u)) % 5)) for u in [*trained.user_ids, 555] for j, i in
             enumerate(trained.item_ids[int(u) % 7:int(u) % 7 + 3 + int(u) // 40])]
-    inter = spark.createDataFrame(rows, "user_id int, item_id int, t int").selectExpr(
-        "user_id", "item_id", "CAST(4 AS FLOAT) AS rating", "timestamp_seconds(t) AS ts")
+    inter = spark.createDataFrame(rows, "user_id int, item_id int, t int, rating float").selectExpr(
+        "user_id", "item_id", "rating", "timestamp_seconds(t) AS ts")
     settings = RecommendConfig(k=5, user_block=4, partitions=3)
     items = trained.item_ids[::2]
     users = spark.createDataFrame([(int(u),) for u in [10, 40, 90, 555, 999]], "user_id int")
     got = recommend_all(spark, model_bytes(tmp_path / "m"), inter, settings, users, items).toPandas()
-    pdf = pd.DataFrame(rows, columns=["user_id", "item_id", "t"])
+    pdf = pd.DataFrame(rows, columns=["user_id", "item_id", "t", "rating"])
     pop = Popularity(*[np.asarray(a) for a in zip(*sorted(pdf.groupby("item_id").size().items()))])
     want_users = np.array([10, 40, 90, 555, 999])
-    hist = [pdf[pdf.user_id == u].sort_values("t").item_id.to_numpy(np.int64) for u in want_users]
-    want = Serving(trained, settings, pop, items).recommend(want_users, hist)
+    mine = [pdf[pdf.user_id == u].sort_values("t") for u in want_users]
+    hist = [m.item_id.to_numpy(np.int64) for m in mine]
+    serving = Serving(trained, settings, pop, items)
+    want = serving.recommend(want_users, hist, [m.rating.to_numpy(np.float32) for m in mine])
+    every_one_positive = serving.recommend(want_users, hist)
+    assert want.equals(every_one_positive) == (min_rating == 0)  # the ratings matter when they filter
     key = ["user_id", "rank"]
     got, want = (d.sort_values(key).reset_index(drop=True) for d in (got, want))
     pd.testing.assert_frame_equal(got[["user_id", "rank", "item_id", "source"]],
