@@ -180,10 +180,12 @@ def _worker_serving(key: str, payload, settings: RecommendConfig) -> Serving:
 
 
 def popularity(interactions: DataFrame) -> Popularity:
-    """Interaction counts per item and the lowest rating (collected to the driver: one row per item)."""
-    counts = (interactions.groupBy("item_id").agg(F.count("*").alias("count"), F.min("rating").alias("lowest"))
-              .toPandas().sort_values("item_id"))  # Arrow: no Row objects
-    lowest = float(counts["lowest"].min()) if len(counts) else -np.inf
+    """Interaction counts per item, and the lowest rating when the rows have one (collected to the driver:
+    one row per item)."""
+    rated = "rating" in interactions.columns
+    aggregates = [F.count("*").alias("count"), *([F.min("rating").alias("lowest")] if rated else [])]
+    counts = interactions.groupBy("item_id").agg(*aggregates).toPandas().sort_values("item_id")  # Arrow: no Rows
+    lowest = float(counts["lowest"].min()) if rated and len(counts) else -np.inf
     return Popularity(counts["item_id"].to_numpy(np.int64), counts["count"].to_numpy(np.int64), lowest)
 
 
