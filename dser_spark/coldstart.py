@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from dser_spark.config import EmbedConfig
-from dser_spark.model import DSER
+from dser_spark.model import DSER, newest_first
 
 
 def vector_user_parts(model: DSER, long: torch.Tensor, recent: torch.Tensor
@@ -60,15 +60,6 @@ def infer_vectors(histories: list[np.ndarray], out_vectors: np.ndarray, counts: 
                 vec += grad @ targets
         out[row] = vec
     return out
-
-
-def newest_first(histories: list[np.ndarray], depth: int) -> torch.Tensor:
-    """(B, depth) the last ``depth`` entries of each history, newest first, -1 where it is shorter."""
-    context = torch.full((len(histories), depth), -1, dtype=torch.long)
-    for row, items in enumerate(histories):
-        newest = np.array(items[::-1][:depth], dtype=np.int64)  # a copy: torch takes no negative strides
-        context[row, :len(newest)] = torch.from_numpy(newest)
-    return context
 
 
 def inferred_user_parts(model: DSER, histories: list[np.ndarray], item_counts: np.ndarray, embed: EmbedConfig,

@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -64,6 +65,19 @@ BUFFERS = ("user_vectors", "recent_vectors", "item_vectors", "item_out_vectors",
 
 
 WINDOW_ROWS = 8192  # context rows window_means gathers at once: its temporaries stay ~(K + 3 W) d floats a row
+
+
+def newest_first(histories: list[np.ndarray], depth: int) -> torch.Tensor:
+    """(B, depth) the last ``depth`` entries of each history (dense indexes), newest first, -1 where it is
+    shorter: one gather for all histories."""
+    lengths = np.fromiter(map(len, histories), dtype=np.int64, count=len(histories))
+    taken = np.minimum(lengths, depth)
+    rows = np.repeat(np.arange(len(histories)), taken)
+    back = np.arange(taken.sum()) - np.repeat(np.cumsum(taken) - taken, taken)  # 0 = the newest
+    flat = np.concatenate([np.empty(0, dtype=np.int64), *histories]).astype(np.int64, copy=False)
+    context = torch.full((len(histories), depth), -1, dtype=torch.long)
+    context[torch.from_numpy(rows), torch.from_numpy(back)] = torch.from_numpy(flat[np.repeat(np.cumsum(lengths), taken) - 1 - back])
+    return context
 
 
 def window_means(item_vectors: torch.Tensor, context: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:

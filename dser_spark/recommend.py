@@ -24,9 +24,10 @@ from pyspark.sql import functions as F
 
 from dser_spark import faults, tables
 from dser_spark.artifacts import Trained, load_from_bytes, stored_config
-from dser_spark.coldstart import inferred_user_parts, newest_first
+from dser_spark.coldstart import inferred_user_parts
 from dser_spark.config import OWN_FORMATS, Config, RecommendConfig
 from dser_spark.ids import known_each, lookup
+from dser_spark.model import newest_first
 from dser_spark.scoring import Kernel, on_worker, seen_columns, task_threads, top_k
 
 log = logging.getLogger("dser_spark")

@@ -32,7 +32,7 @@ from torch import nn
 from dser_spark import attention
 from dser_spark.artifacts import Trained
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import BUFFERS, Inputs
+from dser_spark.model import BUFFERS, Inputs, newest_first
 
 log = logging.getLogger("dser_spark")
 
@@ -54,15 +54,6 @@ def baseline(cfg: ModelConfig) -> ModelConfig:
     """SASRec: the same encoder and training without any Doc2Vec input."""
     off = dataclasses.replace(cfg.attention, item_init=False, item_features=False, content=False, long_term=False)
     return dataclasses.replace(cfg, encoder="attention", attention=off)
-
-
-def newest_first(sequences: list[np.ndarray], length: int) -> torch.Tensor:
-    """(U, length) the last ``length`` entries of each sequence (dense indexes), newest first, -1 padded."""
-    out = torch.full((len(sequences), length), -1, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        last = np.asarray(seq, dtype=np.int64)[::-1][:length].copy()
-        out[row, :len(last)] = torch.from_numpy(last)
-    return out
 
 
 class SequenceDSER(nn.Module):

@@ -56,7 +56,7 @@ from dser_spark.config import Config, ModelConfig, RecommendConfig, load_config 
 from dser_spark.model import DSER, Inputs  # noqa: E402
 from dser_spark.session import build_session, stop_session  # noqa: E402
 from dser_spark.artifacts import Trained, load_artifacts, model_bytes, save_artifacts  # noqa: E402
-from dser_spark.coldstart import newest_first  # noqa: E402
+from dser_spark.model import newest_first  # noqa: E402
 
 
 class PeakRSS(threading.Thread):

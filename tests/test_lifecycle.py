@@ -16,7 +16,7 @@ import torch
 
 from dser_spark import cli, models, partitioned, publish, runs, tables
 from dser_spark.artifacts import load_from_bytes
-from dser_spark.coldstart import newest_first
+from dser_spark.model import newest_first
 from dser_spark.config import load_config
 from dser_spark.model import window_means
 from dser_spark.recommend import Popularity, Serving

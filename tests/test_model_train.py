@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from dser_spark.config import ModelConfig, TrainConfig
-from dser_spark.model import DSER, Inputs, baseline_config, window_means
+from dser_spark.model import DSER, Inputs, baseline_config, newest_first, window_means
 from dser_spark.artifacts import load_artifacts, load_from_bytes, model_bytes, save_artifacts
 from dser_spark.negatives import negative_weights
 from dser_spark.scoring import Kernel
@@ -415,3 +415,9 @@ def test_next_item_training_beats_the_untrained_score_on_a_sequential_pattern():
     untrained = hit_rate(DSER(data.inputs, cfg).eval())
     trained = fit(data, cfg, TrainConfig(epochs=8, batch_size=64, lr=0.03, show_progress=False), seed=0)
     assert hit_rate(trained.model) > untrained + 0.2
+
+
+def test_newest_first_takes_the_last_items_of_each_history_newest_first():
+    histories = [np.array([4, 5, 6, 7]), np.array([], dtype=np.int64), np.array([9]), np.array([1, 2, 3])]
+    assert newest_first(histories, 3).tolist() == [[7, 6, 5], [-1, -1, -1], [9, -1, -1], [3, 2, 1]]
+    assert newest_first([], 2).shape == (0, 2)

@@ -10,8 +10,9 @@ import torch
 import walks
 from dser_spark import attention, evaluate, sequence_model
 from dser_spark.artifacts import Trained, load_artifacts, save_artifacts
-from dser_spark.coldstart import inferred_user_parts, newest_first
+from dser_spark.coldstart import inferred_user_parts
 from dser_spark.config import load_config
+from dser_spark.model import newest_first
 from dser_spark.scoring import Kernel, top_k
 from dser_spark.train import FitData
 
