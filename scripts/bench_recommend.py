@@ -362,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"RESULT dser_vs_als={ratio('a', 'c')} dot_speedup_vs_als={ratio('c', 'b')} "
           f"kernel_efficiency={kernel_gflops / mm1:.3f} spark_overhead={ratio('a', 'd')} "
           f"attention_speedup_vs_als={ratio('c', 'e')} attention_vs_bare={ratio('e', 'f')} "
-          f"attention_encoding_speedup_vs_als={ratio('c', 'g')}")
+          f"attention_encoding_speedup_vs_als={ratio('c', 'g')} "
+          + " ".join(f"{key}_s={times[key]:.2f}" for key in sorted(times)))
     stop_session(spark)
     return 0
 
