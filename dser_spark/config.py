@@ -183,6 +183,7 @@ class AttentionConfig:
     dim: int = setting(64, "width of item representations and user states", gt=0)
     blocks: int = setting(2, "pre-norm causal self-attention blocks", gt=0)
     heads: int = setting(1, "attention heads (must divide `dim`)", gt=0)
+    ffn_dim: int = setting(0, "width of each block's feed-forward layer (0: `dim`, as SASRec)", ge=0)
     dropout: float = setting(0.2, "dropout of embeddings, attention and feed-forward", ge=0, le=0.9)
     item_init: bool = setting(True, "DSER input: the Doc2Vec item vectors initialise the item ID embedding")
     item_features: bool = setting(False, "DSER input: the Doc2Vec item vectors, frozen, projected and added to "

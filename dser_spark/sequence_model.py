@@ -43,8 +43,8 @@ def params(cfg: ModelConfig, train: TrainConfig, seed: int, epochs: int | None =
     """The encoder's hyperparameters from ``model.attention`` and ``train``."""
     a = cfg.attention
     return attention.AttentionParams(
-        max_len=a.max_len, dim=a.dim, blocks=a.blocks, heads=a.heads, dropout=a.dropout, item_init=a.item_init,
-        item_features=a.item_features, content=a.content, long_term=a.long_term,
+        max_len=a.max_len, dim=a.dim, blocks=a.blocks, heads=a.heads, ffn_dim=a.ffn_dim, dropout=a.dropout,
+        item_init=a.item_init, item_features=a.item_features, content=a.content, long_term=a.long_term,
         loss="full" if train.loss == "full_softmax" else "sampled", negatives=max(train.negatives, 1),
         epochs=train.epochs if epochs is None else epochs, batch_size=train.batch_size, lr=train.lr,
         warmup=a.warmup_steps, schedule=a.schedule, weight_decay=train.weight_decay, bf16=a.bf16, seed=seed)

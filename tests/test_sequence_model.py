@@ -62,12 +62,13 @@ def test_kernel_top_k_equals_the_encoders_own_scores():
 
 
 def test_stored_and_reloaded_model_scores_the_same(tmp_path):
-    cfg = config()
+    cfg = config("model.attention.ffn_dim=24")
     t = trained(cfg)
     t.config = cfg
     save_artifacts(t, cfg, tmp_path)
     back = load_artifacts(tmp_path)
     assert isinstance(back.model, sequence_model.SequenceDSER)
+    assert [b.ffn[0].out_features for b in back.model.encoder.blocks] == [24, 24]  # model.attention.ffn_dim
     u, i = torch.arange(USERS).repeat(3), torch.arange(3).repeat_interleave(USERS)
     assert torch.equal(back.model(u, i), t.model(u, i))
 
