@@ -76,7 +76,8 @@ def newest_first(histories: list[np.ndarray], depth: int) -> torch.Tensor:
     back = np.arange(taken.sum()) - np.repeat(np.cumsum(taken) - taken, taken)  # 0 = the newest
     flat = np.concatenate([np.empty(0, dtype=np.int64), *histories]).astype(np.int64, copy=False)
     context = torch.full((len(histories), depth), -1, dtype=torch.long)
-    context[torch.from_numpy(rows), torch.from_numpy(back)] = torch.from_numpy(flat[np.repeat(np.cumsum(lengths), taken) - 1 - back])
+    newest = np.repeat(np.cumsum(lengths), taken) - 1 - back  # positions in ``flat``
+    context[torch.from_numpy(rows), torch.from_numpy(back)] = torch.from_numpy(flat[newest])
     return context
 
 
