@@ -161,13 +161,14 @@ def block_top(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
         return _sorted_top(logits, k)
     whole = chunks * TOP_CHUNK
     maxima = logits[:, :whole].view(rows, chunks, TOP_CHUNK).amax(2)
-    picked = torch.topk(maxima, k, dim=1).indices.sort(dim=1).values  # ascending: ties keep the lower column
+    top = torch.topk(maxima, k, dim=1)
+    threshold = top.values[:, -1:]  # the k-th largest maximum
+    picked = top.indices.sort(dim=1).values  # ascending: ties keep the lower column
     cols = (picked[:, :, None] * TOP_CHUNK + torch.arange(TOP_CHUNK)).view(rows, k * TOP_CHUNK)
     if whole < n:
         cols = torch.cat([cols, torch.arange(whole, n).expand(rows, n - whole)], 1)
     vals, found = _sorted_top(logits.gather(1, cols), k)
     cols = cols.gather(1, found)
-    threshold = maxima.gather(1, picked).amin(1, keepdim=True)
     unsure = ((maxima >= threshold).sum(1) > k) | ~torch.isfinite(threshold[:, 0])
     if bool(unsure.any()):
         again = unsure.nonzero().squeeze(1)
