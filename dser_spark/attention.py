@@ -41,6 +41,7 @@ class AttentionParams:
     """Hyperparameters of the encoder and its training (to move into ``config.py``)."""
 
     max_len: int = 200          # L: most recent items a state sees
+    windows: int = 1            # L-long windows of each user's history trained on, newest first (1: the last L)
     dim: int = 64
     blocks: int = 2
     heads: int = 1
@@ -253,11 +254,27 @@ def pad_left(histories: Sequence[np.ndarray], length: int) -> np.ndarray:
     return out
 
 
-def training_rows(sequences: Sequence[np.ndarray], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets), each (U, max_len): item t+1 is the target of the state after item t."""
-    inputs = pad_left([np.asarray(s)[:-1] for s in sequences], max_len)
-    targets = pad_left([np.asarray(s)[1:] for s in sequences], max_len)
-    return inputs, targets
+def training_rows(sequences: Sequence[np.ndarray], max_len: int, windows: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets, owners): item t+1 is the target of the state after item t.
+
+    Each history gives up to ``windows`` rows of ``max_len`` targets, newest
+    first, that do not overlap: the first row holds its last ``max_len``
+    targets, the next the ``max_len`` before them, and so on. ``owners`` (R,) is
+    the index in ``sequences`` of each row's history.
+    """
+    ins, outs, owners = [], [], []
+    for n, s in enumerate(sequences):
+        s = np.asarray(s)
+        for w in range(windows):
+            end = len(s) - w * max_len  # targets s[start:end], inputs one item earlier
+            if w and end < 2:
+                break
+            start = max(end - max_len, 1)
+            ins.append(s[start - 1:end - 1])
+            outs.append(s[start:end])
+            owners.append(n)
+    return pad_left(ins, max_len), pad_left(outs, max_len), np.asarray(owners, dtype=np.int64)
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -370,11 +387,11 @@ def epochs(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.nd
     model.reseed(p.seed + 1)
     rng = np.random.default_rng(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
-    inputs, targets = training_rows(sequences, p.max_len)
+    inputs, targets, owners = training_rows(sequences, p.max_len, p.windows)
     lengths = (targets != PAD).sum(1)
     keep = lengths > 0
     inputs, targets, lengths = inputs[keep], targets[keep], lengths[keep]
-    user_rows = None if users is None else np.asarray(users, dtype=np.int64)[keep]
+    user_rows = None if users is None else np.asarray(users, dtype=np.int64)[owners[keep]]
     inputs_t, targets_t = torch.from_numpy(inputs), torch.from_numpy(targets)
     probs = sampling_distribution(sequences, model.n_items, p.sampling) if p.loss == "sampled" else None
     log_q = torch.log(probs.clamp(min=1e-30) * p.negatives).float() if probs is not None and p.logq else None

@@ -73,7 +73,7 @@ def attention_throughput(cfg, data: FitData, epochs: int) -> int:
     """The attention model: ``sequence_model.fit`` against a bare loop over the same encoder and batches."""
     p = sequence_model.params(cfg.model, cfg.train, cfg.seed, epochs)
     seqs = [np.searchsorted(data.item_ids, s) + 1 for s in data.user_pos]
-    inputs, targets = attention.training_rows(seqs, p.max_len)
+    inputs, targets, _ = attention.training_rows(seqs, p.max_len, p.windows)
     lengths = (targets != attention.PAD).sum(1)
     order = attention.batch_order(lengths, p.batch_size, np.random.default_rng(p.seed), p.bucket)
     batches = [(torch.from_numpy(inputs[r, -int(lengths[r].max()):]), torch.from_numpy(targets[r, -int(lengths[r].max()):]),

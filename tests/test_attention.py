@@ -82,6 +82,31 @@ def test_last_states_are_the_last_column_of_the_full_forward():
     assert model.training  # and the caller's mode is restored
 
 
+@pytest.mark.parametrize("windows", [1, 2, 5])
+def test_training_rows_cover_each_target_once_in_windows_newest_first(windows):
+    rng = np.random.default_rng(2)
+    seqs = [rng.integers(1, N_ITEMS + 1, size=n) for n in (0, 1, 2, 5, 10, 11, 12, 21, 23, 60)]
+    inputs, targets, owners = A.training_rows(seqs, 10, windows)
+    for n, s in enumerate(seqs):
+        rows = np.flatnonzero(owners == n)
+        pairs = [(i, t) for r in rows[::-1] for i, t in zip(inputs[r], targets[r]) if t != A.PAD]
+        trained = min(max(len(s) - 1, 0), 10 * windows)  # the newest targets, each once, in order
+        assert pairs == list(zip(s[len(s) - 1 - trained:-1], s[len(s) - trained:])) if trained else not pairs
+        assert all((inputs[r] != A.PAD).sum() == (targets[r] != A.PAD).sum() > 0 for r in rows[1:])
+    newest = np.searchsorted(owners, np.arange(len(seqs)))  # each history's first row
+    one_in, one_out, one_owner = A.training_rows(seqs, 10)  # SASRec's rows: the last L targets only
+    assert np.array_equal(one_owner, np.arange(len(seqs)))
+    assert np.array_equal(inputs[newest], one_in) and np.array_equal(targets[newest], one_out)
+
+
+def test_older_windows_train_with_their_owners_paragraph_vector():
+    seqs = successor_sequences(120)  # 4..13 items: up to 3 windows of 4 targets
+    model = A.SequenceEncoder(N_ITEMS, small(max_len=4, windows=3, long_term=True, epochs=8),
+                              user_vectors=vectors(120, 8, 0))
+    losses = A.fit(model, seqs, users=np.arange(120))
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
+
+
 def test_training_learns_the_successor_pattern_and_lowers_the_loss():
     seqs = successor_sequences(300)
     model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0))
