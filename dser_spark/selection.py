@@ -223,12 +223,13 @@ def tune_als(cfg: Config, source: FitSource) -> baselines.Factors:
         pos = source.positives(SELECT).localCheckpoint()
         scores = {}
         for rank, reg in grid:
-            f = baselines.fit_als(pos, universe, rank, reg, e.als_alpha, e.als_iter, cfg.seed)
+            f = baselines.fit_als(pos, universe, rank, reg, e.als_alpha, e.als_iter, cfg.seed, e.als_blocks)
             rows = evaluate.evaluate_models({"ALS": f}, val, None, universe, [k], e)
             scores[(rank, reg)] = float(rows.loc[rows["metric"] == "HR", "value"].iloc[0])
             log.info("ALS rank %d reg %g: validation HR@%d %.4f", rank, reg, k, scores[(rank, reg)])
         best = max(grid, key=lambda p: scores[p])
-    return baselines.fit_als(source.positives(EVAL), universe, best[0], best[1], e.als_alpha, e.als_iter, cfg.seed)
+    return baselines.fit_als(source.positives(EVAL), universe, best[0], best[1], e.als_alpha, e.als_iter, cfg.seed,
+                             e.als_blocks)
 
 
 def baseline_training(cfg: Config, name: str) -> TrainConfig:

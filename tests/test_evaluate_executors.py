@@ -142,6 +142,7 @@ def test_ml100k_baselines_equal_the_driver_reference(spark, ml100k_nightlies, tm
         als, _, note = selection.baseline_model(cfg, data, "ALS", str(tmp_path / "ckpt"))
     tried = {int(r.args[0]): r.args[3] for r in caplog.records if r.msg.startswith("ALS rank")}
     assert set(tried) == {8, 16} and als.params["rank"] == max(tried, key=tried.get), (tried, note)
+    assert als.params["blocks"] == spark.sparkContext.defaultParallelism  # evaluate.als_blocks: 0, one per core
     dser = random_dser(user_ids, universe)
     models = {"DSER": KernelModel(model_files(dser, cfg)), "ItemPop": itempop, "ALS": als}
     got = evaluate_models(models, data.table("eval_candidates").filter(F.col("split") == TEST),
