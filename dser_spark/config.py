@@ -319,8 +319,9 @@ class EvaluateConfig:
                                     nonempty=True)
     als_alpha: float = setting(1.0, "ALS implicit confidence: 1 + alpha", ge=0)
     als_iter: int = setting(10, "ALS iterations", gt=0)
-    als_blocks: int = setting(0, "ALS user and item blocks, one Spark task each per step (0: one per core; "
-                                 "Spark's own default is 10, which leaves small data in many tiny tasks)", ge=0)
+    als_blocks: int = setting(0, "ALS user and item blocks, one Spark task each per step (0: one per core, "
+                                 "so ALS's figures then depend on the core count: set a number for figures "
+                                 "that do not; Spark's own default is 10, many tiny tasks on small data)", ge=0)
     baseline_epochs: int = setting(20, "maximum epochs of the GMF / MLP / NeuMF selection fits", gt=0)
     report: bool = setting(True, "write report.md and plots beside the model")
     user_block: int = setting(64, "test users scored together, consecutive in id order (the blocks, and so "
