@@ -16,7 +16,8 @@ DSER's inputs, each switchable in ``AttentionParams``:
 * ``long_term``: the user's paragraph vector, projected and added to every state.
 
 Training is next-item at every position (``fit``), with a full softmax over all
-items or a sampled softmax over shared negatives (``loss``); Adam, warmup, and
+items (``mask_seen``: without the items each state has seen, which are never
+recommended) or a sampled softmax over shared negatives (``loss``); Adam, warmup, and
 an optional cosine decay. With one torch thread and a seed it is deterministic.
 """
 from __future__ import annotations
@@ -58,6 +59,7 @@ class AttentionParams:
     negatives: int = 256
     sampling: str = "uniform"   # negatives "uniform" or by "popularity" (counts ** 0.75)
     logq: bool = True           # subtract log sampling probability (sampled softmax correction)
+    mask_seen: bool = False     # full softmax: items already in the state's window are not competitors
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
@@ -304,7 +306,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: torch.Tensor, v: torch.Tensor, b: torch.Tensor, targets: torch.Tensor,
-                chunk: int, bf16: bool) -> torch.Tensor:
+                chunk: int, bf16: bool, masked: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
         n = len(h)
         grad_h, grad_v, grad_b = torch.empty_like(h), torch.zeros_like(v), torch.zeros_like(b)
         dtype = torch.bfloat16 if bf16 else h.dtype
@@ -313,6 +315,9 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         for s in range(0, n, chunk):
             hc, tc = hl[s:s + chunk], targets[s:s + chunk]
             logits = (hc @ vl.T).to(h.dtype).add_(b)
+            if masked is not None:
+                lo, hi = torch.searchsorted(masked[0], torch.tensor([s, s + chunk])).tolist()
+                logits[masked[0][lo:hi] - s, masked[1][lo:hi]] = float("-inf")
             lse = torch.logsumexp(logits, dim=1)
             rows = torch.arange(len(tc))
             total += (lse - logits[rows, tc]).sum()
@@ -329,13 +334,31 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         grad_h, grad_v, grad_b = ctx.saved_tensors
         scale = grad / max(len(grad_h), 1)
-        return grad_h * scale, grad_v * scale, grad_b * scale, None, None, None
+        return grad_h * scale, grad_v * scale, grad_b * scale, None, None, None, None
 
 
-def full_loss(model: SequenceEncoder, h: torch.Tensor, targets: torch.Tensor, chunk: int = 512) -> torch.Tensor:
-    """Mean softmax cross-entropy of states ``h`` (N, d) over every item (PAD excluded), in row chunks."""
+def full_loss(model: SequenceEncoder, h: torch.Tensor, targets: torch.Tensor, chunk: int = 512,
+              masked: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """Mean softmax cross-entropy of states ``h`` (N, d) over every item (PAD excluded), in row chunks.
+
+    ``masked`` (rows, items), sorted by row: pairs left out of each row's softmax (never its target).
+    """
     v, b = model.output_items()
-    return _ChunkedSoftmaxCE.apply(h, v[1:], b[1:], targets - 1, chunk, model.params.bf16)
+    if masked is not None:
+        masked = (masked[0], masked[1] - 1)
+    return _ChunkedSoftmaxCE.apply(h, v[1:], b[1:], targets - 1, chunk, model.params.bf16, masked)
+
+
+def seen_pairs(seq: torch.Tensor, tgt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, items) sorted by row: for each real target of ``tgt`` (B, T), numbered in row-major order as
+    ``h[tgt != PAD]`` is, the items of ``seq`` (B, T) its state has seen (columns up to its own), but the target."""
+    real = tgt != PAD
+    row_of = real.flatten().cumsum(0).view(real.shape) - 1
+    upto = torch.ones(seq.shape[1], seq.shape[1], dtype=torch.bool).tril()
+    b, t, s = (real[:, :, None] & (seq != PAD)[:, None, :] & upto).nonzero().unbind(1)
+    items = seq[b, s]
+    keep = items != tgt[b, t]
+    return row_of[b, t][keep], items[keep]
 
 
 def sampled_loss(model: SequenceEncoder, h: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
@@ -414,10 +437,11 @@ def epochs(model: SequenceEncoder, sequences: Sequence[np.ndarray], users: np.nd
             u = None if user_rows is None else torch.from_numpy(user_rows[rows])
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.bf16):
                 h = model(seq, u).float()
+            masked = seen_pairs(seq, tgt) if p.mask_seen and p.loss == "full" else None
             real = tgt != PAD
             h, tgt = h[real], tgt[real]
             if p.loss == "full":
-                loss = full_loss(model, h, tgt)
+                loss = full_loss(model, h, tgt, masked=masked)
             elif p.loss == "sampled":
                 negs = torch.multinomial(probs, p.negatives, replacement=True, generator=gen)
                 loss = sampled_loss(model, h, tgt, negs, log_q)

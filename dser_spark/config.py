@@ -195,6 +195,8 @@ class AttentionConfig:
     schedule: Literal["constant", "cosine"] = setting("constant", "learning rate after warm-up: `constant`, or "
                                                                   "`cosine` decay to 0 over `train.epochs`")
     bf16: bool = setting(False, "bfloat16 matrix products in training (faster on CPUs with bf16 units)")
+    mask_seen: bool = setting(False, "with `train.loss: full_softmax`: the items a state has already seen are "
+                                     "left out of its softmax, as they are never recommended")
 
     def check(self) -> None:
         if self.dim % self.heads:
@@ -416,6 +418,8 @@ class Config:
                               f"with softmax (sampled) or full_softmax")
         if not attention and loss == "full_softmax":
             raise ConfigError("train.loss: full_softmax needs model.encoder: attention")
+        if attention and self.model.attention.mask_seen and loss != "full_softmax":
+            raise ConfigError(f"model.attention.mask_seen: true needs train.loss: full_softmax, not {loss}")
         if attention and self.train.distributed:
             raise ConfigError("train.distributed: the attention encoder trains on the driver only, so far")
 

@@ -47,7 +47,8 @@ def params(cfg: ModelConfig, train: TrainConfig, seed: int, epochs: int | None =
         item_init=a.item_init, item_features=a.item_features, content=a.content, long_term=a.long_term,
         loss="full" if train.loss == "full_softmax" else "sampled", negatives=max(train.negatives, 1),
         epochs=train.epochs if epochs is None else epochs, batch_size=train.batch_size, lr=train.lr,
-        warmup=a.warmup_steps, schedule=a.schedule, weight_decay=train.weight_decay, bf16=a.bf16, seed=seed)
+        warmup=a.warmup_steps, schedule=a.schedule, weight_decay=train.weight_decay, bf16=a.bf16,
+        mask_seen=a.mask_seen, seed=seed)
 
 
 def baseline(cfg: ModelConfig) -> ModelConfig:

@@ -145,11 +145,52 @@ def test_chunked_softmax_equals_autograd_cross_entropy():
     v = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
     t = torch.randint(0, 30, (700,), generator=g)
-    ours = A._ChunkedSoftmaxCE.apply(h, v, b, t, 128, False)
+    ours = A._ChunkedSoftmaxCE.apply(h, v, b, t, 128, False, None)
     ref = F.cross_entropy(h @ v.T + b, t)
     g1, g2 = torch.autograd.grad(3 * ours, [h, v, b]), torch.autograd.grad(3 * ref, [h, v, b])
     assert torch.allclose(ours, ref)
     assert all(torch.allclose(x, y) for x, y in zip(g1, g2))
+
+
+def test_seen_pairs_are_each_states_earlier_items_but_its_target():
+    inputs, targets, _ = A.training_rows([np.array([4, 9, 4, 2, 7]), np.array([3, 5])], max_len=6)
+    seq, tgt = torch.from_numpy(inputs), torch.from_numpy(targets)
+    rows, items = A.seen_pairs(seq, tgt)
+    assert torch.equal(rows, rows.sort().values)
+    states = [(b, t) for b, t in (tgt != A.PAD).nonzero().tolist()]  # the order of h[tgt != PAD]
+    for n, (b, t) in enumerate(states):
+        seen = {int(i) for i in seq[b, :t + 1] if i != A.PAD} - {int(tgt[b, t])}
+        assert set(items[rows == n].tolist()) == seen
+    # user 0's targets 9, 4, 2, 7: the target 4 was seen at the first column but stays a competitor
+    assert set(items[rows == 1].tolist()) == {9}
+
+
+def test_masked_chunked_softmax_equals_cross_entropy_without_the_masked_items():
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(300, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 30, (300,), generator=g)
+    rows = torch.randint(0, 300, (900,), generator=g).sort().values
+    items = torch.randint(0, 30, (900,), generator=g)
+    keep = items != t[rows]
+    rows, items = rows[keep], items[keep]
+    ours = A._ChunkedSoftmaxCE.apply(h, v, b, t, 64, False, (rows, items))
+    logits = (h @ v.T + b).index_put((rows, items), torch.tensor(float("-inf"), dtype=torch.float64))
+    ref = F.cross_entropy(logits, t)
+    g1, g2 = torch.autograd.grad(ours, [h, v, b]), torch.autograd.grad(ref, [h, v, b])
+    assert torch.allclose(ours, ref)
+    assert ours < A._ChunkedSoftmaxCE.apply(h, v, b, t, 64, False, None)  # fewer competitors, lower loss
+    assert all(torch.allclose(x, y) for x, y in zip(g1, g2))
+
+
+def test_masking_seen_items_trains_the_successor_pattern():
+    model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0, mask_seen=True))
+    losses = A.fit(model, successor_sequences(300))
+    assert losses[-1] < 0.5 * losses[0]
+    histories = successor_sequences(100, seed=1)
+    top = A.scores(model, histories).argmax(1).numpy() + 1
+    assert (top == np.array([h[-1] % N_ITEMS + 1 for h in histories])).mean() >= 0.9
 
 
 def test_scores_are_states_times_item_matrix_plus_bias():

@@ -36,6 +36,8 @@ def test_unknown_key_is_named():
     ({"model": {"mlp_layers": []}}, "model.mlp_layers"),
     ({"train": {"sparse_ids": True, "weight_decay": 0.01}}, "train.sparse_ids"),
     ({"train": {"validation_metric": "full", "distributed": True}}, "train.validation_metric"),
+    ({"model": {"encoder": "attention", "attention": {"mask_seen": True}}, "train": {"loss": "softmax"}},
+     "model.attention.mask_seen"),
 ])
 def test_bad_values_name_the_key(data, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

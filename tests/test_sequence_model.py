@@ -95,6 +95,14 @@ def test_fits_are_deterministic_and_sasrec_has_no_doc2vec_input():
     assert a.model.encoder.user_proj is not None and a.model.encoder.content_proj is not None
 
 
+def test_mask_seen_reaches_the_fit_and_sasrec_is_trained_the_same_way():
+    cfg = config("model.attention.mask_seen=true")
+    assert sequence_model.params(cfg.model, cfg.train, 0).mask_seen
+    assert sequence_model.params(sequence_model.baseline(cfg.model), cfg.train, 0).mask_seen
+    masked, plain = trained(cfg).model.state_dict(), trained(config()).model.state_dict()
+    assert not torch.equal(masked["encoder.item_emb.weight"], plain["encoder.item_emb.weight"])
+
+
 def test_tonights_history_and_a_new_users_vectors_give_the_stored_users_parts():
     t = trained(config())  # long_term on: the paragraph vector is part of the state
     model, u = t.model, torch.arange(USERS)
