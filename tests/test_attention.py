@@ -139,12 +139,15 @@ def test_both_losses_train(loss, sampling):
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
+def softmax_inputs(g: torch.Generator, states: int, items: int = 30):
+    """(h, v, b, targets): float64 states, item vectors and biases that need gradients."""
+    h, v = (torch.randn(n, 8, generator=g, dtype=torch.float64, requires_grad=True) for n in (states, items))
+    b = torch.randn(items, generator=g, dtype=torch.float64, requires_grad=True)
+    return h, v, b, torch.randint(0, items, (states,), generator=g)
+
+
 def test_chunked_softmax_equals_autograd_cross_entropy():
-    g = torch.Generator().manual_seed(0)
-    h = torch.randn(700, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
-    t = torch.randint(0, 30, (700,), generator=g)
+    h, v, b, t = softmax_inputs(torch.Generator().manual_seed(0), 700)
     ours = A._ChunkedSoftmaxCE.apply(h, v, b, t, 128, False, None)
     ref = F.cross_entropy(h @ v.T + b, t)
     g1, g2 = torch.autograd.grad(3 * ours, [h, v, b]), torch.autograd.grad(3 * ref, [h, v, b])
@@ -167,10 +170,7 @@ def test_seen_pairs_are_each_states_earlier_items_but_its_target():
 
 def test_masked_chunked_softmax_equals_cross_entropy_without_the_masked_items():
     g = torch.Generator().manual_seed(1)
-    h = torch.randn(300, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(30, 8, generator=g, dtype=torch.float64, requires_grad=True)
-    b = torch.randn(30, generator=g, dtype=torch.float64, requires_grad=True)
-    t = torch.randint(0, 30, (300,), generator=g)
+    h, v, b, t = softmax_inputs(g, 300)
     rows = torch.randint(0, 300, (900,), generator=g).sort().values
     items = torch.randint(0, 30, (900,), generator=g)
     keep = items != t[rows]
