@@ -92,7 +92,8 @@ def attention_throughput(cfg, data: FitData, epochs: int) -> int:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=p.bf16):
                 h = enc(seq, users).float()
             real = tgt != attention.PAD
-            loss = attention.full_loss(enc, h[real], tgt[real]) if p.loss == "full" else \
+            masked = attention.seen_pairs(seq, tgt) if p.mask_seen and p.loss == "full" else None
+            loss = attention.full_loss(enc, h[real], tgt[real], masked=masked) if p.loss == "full" else \
                 attention.sampled_loss(enc, h[real], tgt[real], torch.randint(1, enc.n_items + 1, (p.negatives,)), None)
             opt.zero_grad(set_to_none=True)
             loss.backward()
