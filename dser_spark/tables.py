@@ -205,18 +205,17 @@ def write_parquet(df: DataFrame, uri: str) -> int:
     return int(observed.get["rows"])
 
 
-def _stage(spark: SparkSession, cfg: Config, df: DataFrame, label: str) -> tuple[str, StructType, int]:
-    """Write ``df`` to a fresh staging directory; returns it, the written schema and the row count."""
+def _stage(spark: SparkSession, cfg: Config, df: DataFrame, label: str) -> tuple[str, int]:
+    """Write ``df`` to a fresh staging directory; returns it and the row count."""
     fs = filesystem(spark, cfg)
     _clear_staging(fs, cfg, label)
     staged = staging_uri(cfg, label)
     try:
         rows = write_parquet(df, staged)
-        schema = spark.read.parquet(staged).schema
     except BaseException:
         fs.delete(staged)
         raise
-    return staged, schema, rows
+    return staged, rows
 
 
 def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> str:
@@ -224,9 +223,9 @@ def write_table(spark: SparkSession, cfg: Config, df: DataFrame, name: str) -> s
     final = table_uri(cfg, name)
     fs = filesystem(spark, cfg)
     restore_interrupted(fs, cfg, final)
-    staged, schema, rows = _stage(spark, cfg, df, name)
+    staged, rows = _stage(spark, cfg, df, name)
     swap_in(spark, cfg, staged, final)
-    register_table(spark, cfg, name, schema)
+    register_table(spark, cfg, name, df.schema)  # the catalog keeps the column types, as Parquet does
     _DERIVED[(final, ROWS)] = (_signature(fs, final), rows)
     record = ACTIVITY.get()
     if record is not None:

@@ -20,6 +20,18 @@ def test_write_table_replaces_and_registers(spark, make_config):
     assert spark.sql("SELECT sum(extra) AS s FROM dser.things").first().s == 3.0
 
 
+def test_the_catalog_gets_the_column_types_of_the_parquet_files(spark, make_config):
+    cfg = make_config()
+    df = spark.sql("SELECT CAST(1 AS INT) AS i, 2L AS l, CAST(0.5 AS FLOAT) AS f, 0.25D AS d, 'x' AS s, "
+                   "true AS b, TIMESTAMP '2026-01-01 00:00:00' AS ts, DATE '2026-01-02' AS dt, "
+                   "CAST(1.5 AS DECIMAL(10, 2)) AS dec, array(CAST(1.0 AS FLOAT)) AS v, array(1, 2) AS a, "
+                   "map('k', 1) AS m, named_struct('x', 1, 'y', array('z')) AS st")
+    uri = tables.write_table(spark, cfg, df, "typed")
+    written = [(f.name, f.dataType.simpleString()) for f in spark.read.parquet(uri).schema]
+    assert [(f.name, f.dataType.simpleString()) for f in spark.table("dser.typed").schema] == written
+    assert spark.sql("SELECT st.y[0] AS z, m['k'] AS k FROM dser.typed").first() == ("z", 1)
+
+
 def test_failed_write_leaves_the_previous_table(spark, make_config):
     cfg = make_config()
     tables.write_table(spark, cfg, _df(spark, 3, "good"), "things")
