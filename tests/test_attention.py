@@ -107,9 +107,10 @@ def test_older_windows_train_with_their_owners_paragraph_vector():
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
 
 
-def test_training_learns_the_successor_pattern_and_lowers_the_loss():
+@pytest.mark.parametrize("mask_seen", [False, True])
+def test_training_learns_the_successor_pattern_and_lowers_the_loss(mask_seen):
     seqs = successor_sequences(300)
-    model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0))
+    model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0, mask_seen=mask_seen))
     losses = A.fit(model, seqs)
     assert losses[-1] < 0.5 * losses[0]
     histories = successor_sequences(100, seed=1)
@@ -182,15 +183,6 @@ def test_masked_chunked_softmax_equals_cross_entropy_without_the_masked_items():
     assert torch.allclose(ours, ref)
     assert ours < A._ChunkedSoftmaxCE.apply(h, v, b, t, 64, False, None)  # fewer competitors, lower loss
     assert all(torch.allclose(x, y) for x, y in zip(g1, g2))
-
-
-def test_masking_seen_items_trains_the_successor_pattern():
-    model = A.SequenceEncoder(N_ITEMS, small(epochs=12, dropout=0.0, mask_seen=True))
-    losses = A.fit(model, successor_sequences(300))
-    assert losses[-1] < 0.5 * losses[0]
-    histories = successor_sequences(100, seed=1)
-    top = A.scores(model, histories).argmax(1).numpy() + 1
-    assert (top == np.array([h[-1] % N_ITEMS + 1 for h in histories])).mean() >= 0.9
 
 
 def test_scores_are_states_times_item_matrix_plus_bias():
