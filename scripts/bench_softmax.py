@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from dser_spark import attention
 
+CHUNK = inspect.signature(attention.full_loss).parameters["chunk"].default  # the chunk training uses
 
 def inputs(rows: int, items: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """States, item vectors and biases shaped like a trained model's, and uniform targets."""
@@ -41,9 +42,8 @@ def inputs(rows: int, items: int, dim: int, seed: int = 0) -> tuple[torch.Tensor
 
 def chunked(h, v, b, targets, bf16: bool) -> tuple[torch.Tensor, ...]:
     """Loss and gradients from the training kernel, with ``full_loss``'s chunk."""
-    chunk = inspect.signature(attention.full_loss).parameters["chunk"].default
     h, v, b = (x.detach().requires_grad_() for x in (h, v, b))
-    loss = attention._ChunkedSoftmaxCE.apply(h, v, b, targets, chunk, bf16, None)
+    loss = attention._ChunkedSoftmaxCE.apply(h, v, b, targets, CHUNK, bf16, None)
     loss.backward()
     return loss.detach(), h.grad, v.grad, b.grad
 
