@@ -11,14 +11,19 @@ metrics, so a change that saves time but moves the numbers shows.
     python scripts/bench_fixed_costs.py --set embed.on_executor=true
     python scripts/bench_fixed_costs.py --config conf/ml-1m.yaml --goal 2700   # the whole ML-1M nightly
 
+Also prints each model's epoch count chosen on validation (from the nightly's log,
+which is removed at the end unless ``--keep``).
+
 Last line: RESULT nightly_s=... startup_s=... <stage>_s=... spark_jobs=... dser_hr10=... dser_ndcg10=...
 dser_full_hr10=... dser_full_ndcg10=... (full ranking: nan when the config does not evaluate it)
+<model>_epochs=... (each model whose epochs were chosen on validation)
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,6 +36,7 @@ import pandas as pd
 GOAL_S = 60.0
 STAGES = ("prepare", "sequences", "embed", "train", "evaluate", "recommend")
 DT = "2026-01-01"
+CHOSEN = re.compile(r"(\S+): (\d+) epochs chosen on validation \(([^)]*)\)")
 
 
 def run_nightly(warehouse: Path, sets: list[str], log_path: Path, config: Path | None = None) -> float:
@@ -89,6 +95,12 @@ def model_metrics(warehouse: Path) -> pd.DataFrame:
     return table.sort_values(table.columns[0], ascending=False)
 
 
+def chosen_epochs(log_path: Path) -> pd.DataFrame:
+    """Each model's epoch count chosen on validation and the validation figure it was chosen at, from the log."""
+    found = [m.groups() for m in CHOSEN.finditer(log_path.read_text())]
+    return pd.DataFrame([{"model": name, "epochs": int(n), "validation": val} for name, n, val in found])
+
+
 def dser_metric(metrics: pd.DataFrame, protocol: str, metric: str) -> float:
     return float(metrics.loc["DSER", (protocol, metric)]) if (protocol, metric) in metrics.columns else float("nan")
 
@@ -108,6 +120,7 @@ def main() -> None:
     wall = run_nightly(warehouse, args.sets, log_path, args.config)
     records = read_records(warehouse)
     stages, steps, metrics = stage_table(records), step_table(records), model_metrics(warehouse)
+    epochs = chosen_epochs(log_path)
     startup = wall - stages["seconds"].sum()
     pd.set_option("display.width", 160)
     print("\nper stage (seconds: the stage's wall; in steps: the part timed by its named steps)")
@@ -117,6 +130,9 @@ def main() -> None:
     print(steps.to_string(index=False))
     print("\nmetrics at 10 (test item)")
     print(metrics.round(4).to_string())
+    if not epochs.empty:
+        print("\nepochs chosen on validation")
+        print(epochs.to_string(index=False))
     print(f"\nnightly wall {wall:.1f} s = {wall / args.goal:.2f} x the {args.goal:.0f} s goal")
     if args.keep:
         print(f"kept {work}")
@@ -128,7 +144,8 @@ def main() -> None:
           f"dser_hr10={dser_metric(metrics, 'sampled', 'HR'):.4f} "
           f"dser_ndcg10={dser_metric(metrics, 'sampled', 'NDCG'):.4f} "
           f"dser_full_hr10={dser_metric(metrics, 'full', 'Recall'):.4f} "
-          f"dser_full_ndcg10={dser_metric(metrics, 'full', 'NDCG'):.4f}")
+          f"dser_full_ndcg10={dser_metric(metrics, 'full', 'NDCG'):.4f}"
+          + "".join(f" {r.model.lower()}_epochs={r.epochs}" for r in epochs.itertuples()))
 
 
 if __name__ == "__main__":
