@@ -30,6 +30,7 @@ from dser_spark import attention
 
 CHUNK = inspect.signature(attention.full_loss).parameters["chunk"].default  # the chunk training uses
 
+
 def inputs(rows: int, items: int, dim: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """States, item vectors and biases shaped like a trained model's, and uniform targets."""
     gen = torch.Generator().manual_seed(seed)

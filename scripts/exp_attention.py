@@ -79,8 +79,7 @@ def load_movielens(root: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 class Data:
     """Users, the universe, each user's time-ordered items, held-out targets and their negatives."""
 
-    def __init__(self, inter: pd.DataFrame, items: pd.DataFrame, seed: int, negatives: int = 99,
-                 name: str = "ml-1m"):
+    def __init__(self, inter: pd.DataFrame, items: pd.DataFrame, name: str, seed: int, negatives: int = 99):
         self.name = name  # keys the Doc2Vec cache
         inter = inter.sort_values(["user_id", "ts", "item_id"])
         self.universe = np.sort(inter["item_id"].unique())
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     root = wheel_directory(args.data) if args.data.startswith("builtin:") else Path(args.data)
     inter, items = load_movielens(root)
-    data = Data(inter, items, seed=42, name=root.name)
+    data = Data(inter, items, root.name, seed=42)
     print(f"{root.name}: {len(data.user_ids)} users, {len(data.universe)} items, {len(inter)} positives; "
           f"threads={args.threads}", flush=True)
     base = {f.name: getattr(args, f.name) for f in dataclasses.fields(A.AttentionParams) if f.name != "seed"}
